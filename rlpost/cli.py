@@ -1,0 +1,100 @@
+"""`rlpost` command line: preprocess data, resolve configs, convert models."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import yaml
+
+
+def _preprocess_gsm8k(args: argparse.Namespace) -> None:
+    from rlpost.data.preprocess import gsm8k
+
+    if args.input or args.output:
+        if not (args.input and args.output):
+            raise SystemExit("rlpost preprocess gsm8k: --input and --output go together")
+        n = gsm8k.convert_file(args.input, args.output, args.split, args.multiturn)
+        print(f"wrote {n} rows to {args.output}")
+        return
+    train, test = gsm8k.build_default(args.out_dir, args.train_size, args.seed, args.multiturn)
+    print(f"wrote {args.train_size} GSM-Symbolic training rows to {train} and the GSM8K test set to {test}")
+
+
+def _config(args: argparse.Namespace) -> None:
+    from rlpost.config import config_to_dict, load_config, run_dir, save_config
+
+    cfg = load_config(args.recipe, args.overrides, check_files=not args.no_check_files)
+    if args.write:
+        print(f"wrote {save_config(cfg, run_dir(cfg) / 'config.yaml')}")
+    else:
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+
+
+def _convert_gguf(args: argparse.Namespace) -> None:
+    from rlpost.models.gguf import convert_gguf
+
+    print(f"wrote {convert_gguf(args.input, args.output)}")
+
+
+def _convert_asset(args: argparse.Namespace) -> None:
+    from rlpost.models.hf import resolve_model_path
+
+    print(resolve_model_path(args.name))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rlpost.models.gguf import MODEL_ASSETS
+
+    parser = argparse.ArgumentParser(prog="rlpost", description="RL post-training of LLMs (PPO/GRPO).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    pre = sub.add_parser("preprocess", help="convert a dataset into rlpost's (verl's) row schema")
+    pre_sub = pre.add_subparsers(dest="task", required=True)
+    g = pre_sub.add_parser("gsm8k", help="GSM8K format -> parquet; without --input, build the default offline "
+                                         "train (GSM-Symbolic) and test (GSM8K) sets")
+    g.add_argument("--input", help="GSM8K-format file (.jsonl/.json/.parquet with question, answer)")
+    g.add_argument("--output", help="output file (.parquet or .jsonl)")
+    g.add_argument("--split", default="train", help="split name stored in extra_info (with --input)")
+    g.add_argument("--out-dir", default="data/gsm8k", help="where train.parquet and test.parquet go")
+    g.add_argument("--train-size", type=int, default=2000, help="GSM-Symbolic problems to generate")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--multiturn", action="store_true", help="add the system prompt of the tool-using recipe")
+    g.set_defaults(func=_preprocess_gsm8k)
+
+    c = sub.add_parser("config", help="resolve and validate a recipe; print it or write it to the run directory")
+    c.add_argument("recipe", nargs="?", help="recipe YAML (omit for the defaults alone)")
+    c.add_argument("overrides", nargs="*", help="section.key=value")
+    c.add_argument("--write", action="store_true", help="write config.yaml into the run directory")
+    c.add_argument("--no-check-files", action="store_true", help="skip checks of data, model and other paths")
+    c.set_defaults(func=_config)
+
+    conv = sub.add_parser("convert", help="model conversions")
+    conv_sub = conv.add_subparsers(dest="kind", required=True)
+    gg = conv_sub.add_parser("gguf", help="GGUF file -> Hugging Face directory (fp32 safetensors)")
+    gg.add_argument("--input", required=True)
+    gg.add_argument("--output", required=True)
+    gg.set_defaults(func=_convert_gguf)
+    asset = conv_sub.add_parser("asset", help="convert a named model asset into the cache and print its path")
+    asset.add_argument("name", choices=sorted(MODEL_ASSETS))
+    asset.set_defaults(func=_convert_asset)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rlpost.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"rlpost: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Config layers -> typed RLConfig: configs/<section>.yaml, then the recipe's presets, the recipe, CLI overrides.
+
+Every leaf remembers which layer set it, so an error names the file or override a bad value came from.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from rlpost.config.schema import RLConfig
+from rlpost.registry import did_you_mean
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+Path_ = tuple[str, ...]
+
+
+class ConfigError(ValueError):
+    """All problems found in a config, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise ConfigError([f"{what} '{path}' does not exist"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: expected a mapping at the top level, got {type(data).__name__}"])
+    return data
+
+
+def parse_override(text: str) -> tuple[Path_, Any]:
+    """'a.b=value' -> (('a', 'b'), value); the value is read as YAML so 3, 1e-5, true, null and [a, b] work."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError([f"override '{text}' is not of the form section.key=value"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return tuple(key.strip().split(".")), value
+
+
+def _nest(path: Path_, value: Any) -> dict:
+    for part in reversed(path):
+        value = {part: value}
+    return value
+
+
+def _merge(dst: dict, src: dict, path: Path_, source: str, prov: dict[Path_, str]) -> None:
+    for key, value in src.items():
+        here = path + (str(key),)
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _merge(dst[key], value, here, source, prov)
+            continue
+        dst[key] = copy.deepcopy(value)
+        for old in [p for p in prov if p[: len(here)] == here]:
+            del prov[old]
+        prov[here] = source
+
+
+def _source(prov: dict[Path_, str], path: Path_) -> str:
+    """The layer that set this path, or the nearest enclosing path that a layer set as a whole."""
+    for n in range(len(path), 0, -1):
+        if path[:n] in prov:
+            return prov[path[:n]]
+    return "defaults"
+
+
+def _dotted(path: Path_) -> str:
+    return ".".join(path)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+class _Builder:
+    def __init__(self, prov: dict[Path_, str]):
+        self.prov = prov
+        self.problems: list[str] = []
+
+    def fail(self, path: Path_, value: Any, expected: str) -> None:
+        self.problems.append(f"{_dotted(path)} = {value!r} (from {_source(self.prov, path)}): expected {expected}")
+
+    def build(self, cls: type, data: Any, path: Path_) -> Any:
+        if not isinstance(data, dict):
+            self.fail(path, data, "a mapping")
+            return None
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in names:
+                where = f"key '{_dotted(path + (str(key),))}' in section '{_dotted(path)}'" if path else f"section '{key}'"
+                self.problems.append(
+                    f"unknown {where} (from {_source(self.prov, path + (str(key),))}){did_you_mean(key, names)}"
+                )
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            here = path + (f.name,)
+            if f.name not in data:
+                self.problems.append(f"missing key '{_dotted(here)}': no default in configs/ and none given")
+                continue
+            before = len(self.problems)
+            values[f.name] = self.coerce(hints[f.name], data[f.name], here)
+            if len(self.problems) == before:
+                self.check(f.metadata, values[f.name], here)
+        return cls(**values) if len(values) == len(names) else None
+
+    def coerce(self, tp: Any, value: Any, path: Path_) -> Any:
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            if value is None:
+                return None
+            inner = [a for a in typing.get_args(tp) if a is not type(None)]
+            return self.coerce(inner[0], value, path)
+        if origin is typing.Literal:
+            choices = typing.get_args(tp)
+            if value not in choices:
+                self.fail(path, value, _type_name(tp) + did_you_mean(value, [str(c) for c in choices]))
+            return value
+        if origin is list:
+            items = value if isinstance(value, list) else [value]
+            return [self.coerce(typing.get_args(tp)[0], v, path + (str(i),)) for i, v in enumerate(items)]
+        if origin is dict:
+            if not isinstance(value, dict):
+                self.fail(path, value, "a mapping")
+            return value
+        if dataclasses.is_dataclass(tp):
+            return self.build(tp, value, path)
+        if tp is Any:
+            return value
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.fail(path, value, "true or false")
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(path, value, "an integer")
+            return value
+        if tp is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            self.fail(path, value, "a number")
+            return value
+        if tp is str:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)
+            if not isinstance(value, str):
+                self.fail(path, value, "a string")
+            return value
+        raise TypeError(f"config schema type {tp} at {_dotted(path)} is not supported")
+
+    def check(self, rules: typing.Mapping, value: Any, path: Path_) -> None:
+        if value is None or not rules:
+            return
+        if "choices" in rules:
+            names = rules["choices"]()
+            if value not in names:
+                self.fail(path, value, "one of " + ", ".join(names) + did_you_mean(value, names))
+            return
+        bounds = [("min", ">=", lambda v, b: v >= b), ("max", "<=", lambda v, b: v <= b),
+                  ("gt", ">", lambda v, b: v > b), ("lt", "<", lambda v, b: v < b)]
+        for name, symbol, ok in bounds:
+            if name in rules and not ok(value, rules[name]):
+                self.fail(path, value, f"a value {symbol} {rules[name]}")
+
+
+def collect_layers(recipe: str | Path | None, overrides: Iterable[str], config_dir: Path) -> list[tuple[str, dict]]:
+    layers = [
+        (f"configs/{f.name}.yaml", {f.name: _read_yaml(config_dir / f"{f.name}.yaml", "default config")})
+        for f in dataclasses.fields(RLConfig)
+    ]
+    if recipe is not None:
+        body = _read_yaml(Path(recipe), "recipe")
+        presets = body.pop("defaults", []) or []
+        if isinstance(presets, str):
+            presets = [presets]
+        available = sorted(p.stem for p in (config_dir / "presets").glob("*.yaml"))
+        for name in presets:
+            path = config_dir / "presets" / f"{name}.yaml"
+            if not path.is_file():
+                raise ConfigError([
+                    f"{recipe}: defaults names preset '{name}', which is not in configs/presets/"
+                    f"{did_you_mean(name, available)}; available: {', '.join(available)}"
+                ])
+            layers.append((f"configs/presets/{name}.yaml", _read_yaml(path, "preset")))
+        layers.append((str(recipe), body))
+    for text in overrides:
+        path, value = parse_override(text)
+        layers.append((f"override '{text}'", _nest(path, value)))
+    return layers
+
+
+def load_config(
+    recipe: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    config_dir: Path = CONFIG_DIR,
+    check_files: bool = True,
+) -> RLConfig:
+    """Resolve and validate a config. Raises ConfigError listing every problem at once."""
+    from rlpost.config.validate import cross_check
+
+    merged: dict = {}
+    prov: dict[Path_, str] = {}
+    for source, layer in collect_layers(recipe, overrides, config_dir):
+        _merge(merged, layer, (), source, prov)
+    builder = _Builder(prov)
+    cfg = builder.build(RLConfig, merged, ())
+    if builder.problems:
+        raise ConfigError(builder.problems)
+    problems = cross_check(cfg, check_files=check_files)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def config_to_dict(cfg: RLConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RLConfig, path: str | Path) -> Path:
+    """Write the resolved config atomically; it loads back as a recipe that needs no other file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+    os.replace(tmp, path)
+    return path
+
+
+def run_dir(cfg: RLConfig) -> Path:
+    return Path(cfg.trainer.output_dir) / cfg.trainer.project_name / cfg.trainer.experiment_name

@@ -1,0 +1,187 @@
+"""The typed config schema. Types and constraints live here; every default value lives in configs/*.yaml.
+
+Field constraints go in `metadata` and are checked by rlpost.config.loader:
+    min / max (inclusive), gt / lt (exclusive), choices (a callable returning the allowed names).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from rlpost.algorithms import ADV_ESTIMATORS, KL_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
+
+
+def rule(**checks) -> Any:
+    return field(metadata=checks)
+
+
+POSITIVE = {"min": 1}
+FRACTION = {"gt": 0.0, "max": 1.0}
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str]
+    val_files: list[str]
+    prompt_key: str
+    image_key: str
+    max_prompt_length: int = rule(**POSITIVE)
+    max_response_length: int = rule(**POSITIVE)
+    train_batch_size: int = rule(**POSITIVE)
+    val_batch_size: Optional[int] = rule(**POSITIVE)
+    shuffle: bool
+    seed: int
+    filter_overlong_prompts: bool
+    truncation: Literal["error", "left", "right"]
+
+
+@dataclass
+class OptimConfig:
+    lr: float = rule(gt=0.0)
+    weight_decay: float = rule(min=0.0)
+    betas: list[float]
+    eps: float = rule(gt=0.0)
+    clip_grad: float = rule(gt=0.0)
+    lr_warmup_steps: int = rule(min=0)
+    lr_schedule: Literal["constant", "cosine"]
+    min_lr_ratio: float = rule(min=0.0, max=1.0)
+
+
+@dataclass
+class ActorConfig:
+    model_path: str
+    dtype: Literal["float32", "bfloat16", "float16"]
+    tp: int = rule(**POSITIVE)
+    pp: int = rule(**POSITIVE)
+    ppo_mini_batch_size: int = rule(**POSITIVE)
+    micro_batch_size: int = rule(**POSITIVE)
+    max_tokens_per_micro_batch: Optional[int] = rule(**POSITIVE)
+    ppo_epochs: int = rule(**POSITIVE)
+    policy_loss: str = rule(choices=POLICY_LOSSES.names)
+    clip_ratio_low: float = rule(**FRACTION)
+    clip_ratio_high: float = rule(gt=0.0)
+    clip_ratio_c: float = rule(gt=1.0)
+    loss_agg_mode: str = rule(choices=LOSS_AGG_MODES.names)
+    entropy_coeff: float = rule(min=0.0)
+    use_kl_loss: bool
+    kl_loss_coef: float = rule(min=0.0)
+    kl_loss_type: str = rule(choices=KL_ESTIMATORS.names)
+    optim: OptimConfig
+
+
+@dataclass
+class CriticConfig:
+    model_path: Optional[str]
+    dtype: Literal["float32", "bfloat16", "float16"]
+    tp: int = rule(**POSITIVE)
+    pp: int = rule(**POSITIVE)
+    ppo_mini_batch_size: int = rule(**POSITIVE)
+    micro_batch_size: int = rule(**POSITIVE)
+    max_tokens_per_micro_batch: Optional[int] = rule(**POSITIVE)
+    ppo_epochs: int = rule(**POSITIVE)
+    cliprange_value: float = rule(gt=0.0)
+    loss_agg_mode: str = rule(choices=LOSS_AGG_MODES.names)
+    optim: OptimConfig
+
+
+@dataclass
+class RefConfig:
+    micro_batch_size: int = rule(**POSITIVE)
+    max_tokens_per_micro_batch: Optional[int] = rule(**POSITIVE)
+
+
+@dataclass
+class SamplingConfig:
+    n: int = rule(**POSITIVE)
+    temperature: float = rule(min=0.0)
+    top_p: float = rule(**FRACTION)
+    top_k: int = rule(min=-1)
+    min_p: float = rule(min=0.0, lt=1.0)
+
+
+@dataclass
+class MultiTurnConfig:
+    enable: bool
+    max_assistant_turns: Optional[int] = rule(**POSITIVE)
+    max_user_turns: Optional[int] = rule(**POSITIVE)
+    max_parallel_calls: int = rule(**POSITIVE)
+    max_tool_response_length: int = rule(**POSITIVE)
+    tool_response_truncate_side: Literal["left", "middle", "right"]
+    tool_config_path: Optional[str]
+    interaction_config_path: Optional[str]
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["embedded", "sglang"]
+    infer_tp: int = rule(**POSITIVE)
+    max_num_seqs: int = rule(**POSITIVE)
+    mem_fraction: float = rule(**FRACTION)
+    update_weights_bucket_mb: int = rule(**POSITIVE)
+    sampling: SamplingConfig
+    val_sampling: SamplingConfig
+    multi_turn: MultiTurnConfig
+
+
+@dataclass
+class KLControlConfig:
+    type: Literal["fixed", "adaptive"]
+    kl_coef: float = rule(min=0.0)
+    target_kl: float = rule(gt=0.0)
+    horizon: int = rule(**POSITIVE)
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_estimator: str = rule(choices=ADV_ESTIMATORS.names)
+    gamma: float = rule(min=0.0, max=1.0)
+    lam: float = rule(min=0.0, max=1.0)
+    norm_adv_by_std_in_grpo: bool
+    use_kl_in_reward: bool
+    kl_penalty: str = rule(choices=KL_ESTIMATORS.names)
+    kl_ctrl: KLControlConfig
+
+
+@dataclass
+class RewardConfig:
+    custom_function: Optional[str]
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class TrainerConfig:
+    project_name: str
+    experiment_name: str
+    output_dir: str
+    total_epochs: int = rule(**POSITIVE)
+    total_training_steps: Optional[int] = rule(**POSITIVE)
+    seed: int
+    logger: list[Literal["console", "jsonl", "tensorboard", "wandb"]]
+    val_before_train: bool
+    val_every: int = rule(min=0)
+    save_every: int = rule(min=0)
+    resume: str
+    keep_last: int = rule(**POSITIVE)
+
+
+@dataclass
+class ClusterConfig:
+    n_nodes: int = rule(**POSITIVE)
+    n_gpus_per_node: int = rule(**POSITIVE)
+    placement: Literal["colocated", "split"]
+    rollout_n_gpus: int = rule(min=0)
+    ray_address: Optional[str]
+
+
+@dataclass
+class RLConfig:
+    data: DataConfig
+    actor: ActorConfig
+    critic: CriticConfig
+    ref: RefConfig
+    rollout: RolloutConfig
+    algorithm: AlgorithmConfig
+    reward: RewardConfig
+    trainer: TrainerConfig
+    cluster: ClusterConfig

@@ -1,0 +1,1 @@
+"""Datasets in verl's schema: row files, validation, prompt datasets, sampling, collation, preprocessing."""

@@ -1,0 +1,92 @@
+"""Prompt datasets: rows read from files, validated, rendered through the chat template and length-filtered."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from rlpost.data.io import read_rows
+from rlpost.data.schema import RowError, validate_row
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PromptSample:
+    uid: str  # "file:row", stable across runs; every sample generated from this prompt shares it
+    data_source: str
+    messages: list[dict]
+    ground_truth: Any
+    prompt_ids: list[int]
+    ability: str = ""
+    extra_info: dict = field(default_factory=dict)
+    images: list = field(default_factory=list)
+
+    @property
+    def tools_kwargs(self) -> dict:
+        return self.extra_info.get("tools_kwargs", {})
+
+    @property
+    def interaction_kwargs(self) -> dict:
+        return self.extra_info.get("interaction_kwargs", {})
+
+
+class RLDataset:
+    """All rows of the given files in memory (prompt datasets are small next to the model).
+
+    Prompts longer than max_prompt_length tokens are dropped when filter_overlong is set (the count is logged
+    and kept in n_filtered); otherwise truncation decides: 'error' names the row, 'left'/'right' cut tokens.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str | Path],
+        tokenizer,
+        max_prompt_length: int,
+        prompt_key: str = "prompt",
+        image_key: str = "images",
+        filter_overlong: bool = True,
+        truncation: str = "error",
+        tools: list[dict] | None = None,
+    ):
+        if not files:
+            raise ValueError("no data files given")
+        self.samples: list[PromptSample] = []
+        self.n_filtered = 0
+        for path in files:
+            rows = [validate_row(r, str(path), i, prompt_key, image_key) for i, r in enumerate(read_rows(path))]
+            texts = [
+                tokenizer.apply_chat_template(r["prompt"], tools=tools, add_generation_prompt=True, tokenize=False)
+                for r in rows
+            ]
+            ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+            kept = 0
+            for i, (row, prompt_ids) in enumerate(zip(rows, ids)):
+                if len(prompt_ids) > max_prompt_length:
+                    if filter_overlong:
+                        self.n_filtered += 1
+                        continue
+                    if truncation == "error":
+                        raise RowError(str(path), i, prompt_key, f"renders to {len(prompt_ids)} tokens, more than "
+                                       f"data.max_prompt_length = {max_prompt_length}")
+                    prompt_ids = prompt_ids[-max_prompt_length:] if truncation == "left" else prompt_ids[:max_prompt_length]
+                self.samples.append(PromptSample(
+                    uid=f"{path}:{i}", data_source=row["data_source"], messages=row["prompt"],
+                    ground_truth=row["reward_model"]["ground_truth"], prompt_ids=list(prompt_ids),
+                    ability=row["ability"], extra_info=row["extra_info"], images=row["images"],
+                ))
+                kept += 1
+            if len(rows) > kept:
+                log.warning("%s: filtered %d of %d prompts longer than %d tokens", path, len(rows) - kept, len(rows),
+                            max_prompt_length)
+        if not self.samples:
+            raise ValueError(f"no prompts left in {', '.join(map(str, files))}: all {self.n_filtered} are longer "
+                             f"than data.max_prompt_length = {max_prompt_length}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> PromptSample:
+        return self.samples[i]

@@ -1,0 +1,69 @@
+"""Row files: parquet (verl's format) and jsonl, read as lists of dicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FORMATS = (".parquet", ".jsonl", ".json")
+
+
+def _format(path: Path) -> str:
+    if path.suffix not in FORMATS:
+        raise ValueError(f"{path}: unsupported data file type '{path.suffix}'; expected one of {', '.join(FORMATS)}")
+    return path.suffix
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    path = Path(path)
+    fmt = _format(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file '{path}' does not exist")
+    if fmt == ".parquet":
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ValueError(f"{path}: not a readable parquet file: {e}") from None
+    if fmt == ".json":
+        rows = json.loads(path.read_text())
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: a .json data file must hold a list of rows, got {type(rows).__name__}")
+        return rows
+    rows = []
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {lineno}: not valid JSON: {e.msg}") from None
+    return rows
+
+
+def write_rows(rows: list[dict], path: str | Path) -> Path:
+    """Atomic write; parquet keeps nested dicts as structs, as verl's preprocessing scripts produce."""
+    path = Path(path)
+    fmt = _format(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    os.close(fd)
+    try:
+        if fmt == ".parquet":
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
+        else:
+            with open(tmp, "w") as f:
+                if fmt == ".json":
+                    json.dump(rows, f)
+                else:
+                    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

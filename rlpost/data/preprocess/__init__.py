@@ -1,0 +1,1 @@
+"""Per-task converters from a dataset's own format into verl-schema rows."""

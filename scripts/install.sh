@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs rlpost for CPU development into the active virtual environment, or into ./.venv when none is active.
+# torch is pinned by constraints.txt so pip never swaps in a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -n "${VIRTUAL_ENV:-}" ]; then
+  py=python
+else
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  py=.venv/bin/python
+fi
+"$py" -m pip install -q -c constraints.txt -e ".[dev]"
+"$py" -m pip install -q -c constraints.txt --no-deps -r requirements/assets-nodeps.txt
+"$py" -c "import torch; assert not torch.version.cuda, 'a CUDA torch was installed: ' + torch.__version__"
+echo "rlpost installed into $("$py" -c 'import sys; print(sys.prefix)')"

@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="rlpost",
+    version="0.1.0",
+    description="Reinforcement-learning post-training of LLMs: megatron-core training, SGLang-protocol rollout, multi-turn tools",
+    python_requires=">=3.10",
+    packages=find_packages(include=["rlpost", "rlpost.*"]),
+    package_data={"rlpost": ["py.typed"]},
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=4.56,<6",
+        "tokenizers>=0.21",
+        "safetensors>=0.4",
+        "pyarrow>=14",
+        "pyyaml>=6",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        # Offline assets for the default run: GSM-Symbolic generation and GGUF -> HF conversion.
+        "assets": ["reasoning-gym>=0.1.20", "gguf>=0.10", "accelerate>=1.0"],
+        "dev": ["pytest>=8", "reasoning-gym>=0.1.20", "gguf>=0.10", "accelerate>=1.0"],
+        # GPU clusters only; never installed on CPU machines.
+        "gpu": ["transformer-engine[pytorch]>=2.0", "sglang>=0.5"],
+    },
+    entry_points={"console_scripts": ["rlpost=rlpost.cli:main"]},
+)

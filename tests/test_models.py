@@ -1,0 +1,104 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlpost.assets import package_file
+from rlpost.models.gguf import MODEL_ASSETS, gguf_dims
+from rlpost.models.hf import load_hf_model, load_tokenizer, model_dims, resolve_model_path
+from rlpost.testing.checkpoints import make_tiny_checkpoint
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_tiny_checkpoints_load_through_real_loaders(tmp_path, arch):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = make_tiny_checkpoint(arch, tmp_path / arch, seed=3)
+    model = load_hf_model(path)
+    tokenizer = load_tokenizer(path)
+    assert model.config.model_type == arch and len(tokenizer) == model.config.vocab_size == 512
+    # the saved weights are the seeded random init, bit for bit
+    torch.manual_seed(3)
+    fresh = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    names = set(model.state_dict())
+    assert ("model.layers.0.self_attn.q_proj.bias" in names) == (arch == "qwen2")  # Qwen2 QKV bias
+    assert ("model.layers.0.self_attn.q_norm.weight" in names) == (arch == "qwen3")  # Qwen3 QK-norm
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "How many apples?"}], add_generation_prompt=True,
+                                        tokenize=False)
+    assert ids.endswith("<|im_start|>assistant\n")
+    logits = model(torch.tensor([tokenizer(ids)["input_ids"]])).logits
+    assert logits.shape[-1] == 512 and torch.isfinite(logits).all()
+    assert model_dims(path) == {"model_type": arch, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                "num_hidden_layers": 2}
+
+
+def test_loading_errors(tmp_path, tiny_llama):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        resolve_model_path(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="did you mean 'smollm2-135m-instruct'"):
+        resolve_model_path("smollm2-135m")
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ValueError, match="model_type 'gpt2'; supported: llama, qwen2, qwen3"):
+        load_hf_model(tmp_path / "gpt2")
+    no_template = tmp_path / "no_template"
+    make_tiny_checkpoint("llama", no_template)
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    for f in no_template.glob("chat_template.*"):
+        f.unlink()
+    with pytest.raises(ValueError, match="has no chat template"):
+        load_tokenizer(no_template)
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RLPOST_CACHE", str(cache))
+        dims_before = model_dims("smollm2-135m-instruct")  # from GGUF metadata, nothing converted yet
+        assert not (cache / "models").exists()
+        path = resolve_model_path("smollm2-135m-instruct")
+        yield path, dims_before
+
+
+def test_smollm2_gguf_converts_to_hf_directory(smollm2):
+    import gguf
+
+    path, dims_before = smollm2
+    assert dims_before == model_dims(path) == {"model_type": "llama", "num_attention_heads": 9,
+                                              "num_key_value_heads": 3, "num_hidden_layers": 30}
+    asset = MODEL_ASSETS["smollm2-135m-instruct"]
+    gguf_path = package_file(asset.package, asset.filename)
+    assert gguf_dims(gguf_path) == dims_before
+    # independent reference: gguf's own dequantiser on the raw Q4_1 embedding
+    raw = next(t for t in gguf.GGUFReader(str(gguf_path)).tensors if t.name == "token_embd.weight")
+    expected = gguf.quants.dequantize(raw.data, raw.tensor_type).reshape(49152, 576)
+    weights = load_file(path / "model.safetensors")
+    np.testing.assert_array_equal(weights["model.embed_tokens.weight"].numpy(), expected.astype(np.float32))
+    tokenizer = load_tokenizer(path)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+3?"}], add_generation_prompt=True,
+                                           tokenize=False)
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
+    model = load_hf_model(path)
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert "5" in tokenizer.decode(out[0, ids.shape[1]:])
+    assert resolve_model_path("smollm2-135m-instruct") == path  # cached: no second conversion
+
+
+def test_console_script_and_module_help():
+    script = Path(sys.executable).parent / "rlpost"
+    for cmd in ([str(script), "--help"], [sys.executable, "-m", "rlpost.cli", "--help"]):
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        assert "preprocess" in out and "config" in out and "convert" in out

@@ -1,0 +1,75 @@
+import math
+
+import pytest
+
+from rlpost.rewards.gsm8k import compute_score, extract_answer
+from rlpost.rewards.registry import REWARD_FUNCTIONS, RewardError, RewardScorer, load_custom_function
+
+
+@pytest.mark.parametrize("text,method,expected", [
+    ("so 3 + 4 = 7\n#### 7", "strict", "7"),
+    ("#### 1,250.", "strict", "1250"),
+    ("#### $-3.5", "strict", "-3.5"),
+    ("first #### 2 then #### 5", "strict", "5"),
+    ("the answer is 42", "strict", None),
+    ("the answer is 42, not 41", "flexible", "41"),
+    ("costs $1,000 in total.", "flexible", "1000"),
+    ("no digits", "flexible", None),
+])
+def test_extraction(text, method, expected):
+    assert extract_answer(text, method) == expected
+
+
+def test_gsm8k_scores():
+    assert compute_score("#### 18", "18") == 1.0
+    assert compute_score("#### 18.00", "18") == 1.0
+    assert compute_score("#### 17", "18") == 0.0
+    assert compute_score("#### 17", "18", format_score=0.1) == 0.1
+    assert compute_score("I think 18", "18") == 0.0
+    assert compute_score("I think 18", "18", method="flexible") == 1.0
+    with pytest.raises(ValueError, match="strict' or 'flexible"):
+        compute_score("#### 1", "1", method="loose")
+
+
+def test_scorer_routes_by_data_source_and_passes_kwargs():
+    scorer = RewardScorer(kwargs={"method": "flexible"})
+    scores, extras = scorer.score(["it is 5", "#### 6"], ["openai/gsm8k", "reasoning_gym/gsm_symbolic"], ["5", "7"])
+    assert scores == [1.0, 0.0] and extras == [{}, {}]
+    with pytest.raises(KeyError, match="did you mean 'gsm8k'"):
+        scorer.check_sources(["gsm8k", "gsm8kk"])
+    assert "openai/gsm8k" in REWARD_FUNCTIONS
+
+
+def test_custom_function_verl_signature_and_dict_results(tmp_path):
+    f = tmp_path / "my_reward.py"
+    f.write_text(
+        "def score(data_source, solution_str, ground_truth, extra_info=None, bonus=0.0):\n"
+        "    return {'score': float(solution_str == ground_truth) + bonus, 'acc': solution_str == ground_truth}\n"
+    )
+    scorer = RewardScorer(f"{f}:score", {"bonus": 0.5})
+    scores, extras = scorer.score(["a", "b"], ["anything", "else"], ["a", "a"])
+    assert scores == [1.5, 0.5] and extras == [{"acc": True}, {"acc": False}]
+
+
+def test_reward_errors_name_the_sample(tmp_path):
+    f = tmp_path / "bad.py"
+    f.write_text(
+        "def boom(solution_str, **_):\n"
+        "    if solution_str == 'x':\n        raise ZeroDivisionError('nope')\n    return 1.0\n"
+        "def nan(**_):\n    return float('nan')\n"
+        "def nodict(**_):\n    return {'acc': 1}\n"
+    )
+    with pytest.raises(RewardError, match=r"raised on sample 2 \(data_source='s'\): ZeroDivisionError: nope") as e:
+        RewardScorer(f"{f}:boom").score(["a", "b", "x"], ["s"] * 3, ["t"] * 3)
+    assert isinstance(e.value.__cause__, ZeroDivisionError)
+    with pytest.raises(RewardError, match="returned nan on sample 0"):
+        RewardScorer(f"{f}:nan").score(["a"], ["s"], ["t"])
+    with pytest.raises(RewardError, match="without 'score' on sample 0"):
+        RewardScorer(f"{f}:nodict").score(["a"], ["s"], ["t"])
+    with pytest.raises(AttributeError, match="defines no function 'missing'"):
+        load_custom_function(f"{f}:missing")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_custom_function(f"{tmp_path}/none.py:f")
+    with pytest.raises(ValueError, match="expected 'path/to/file.py:function_name'"):
+        load_custom_function("module.function")
+    assert math.isfinite(RewardScorer().score(["#### 1"], ["gsm8k"], ["1"])[0][0])
