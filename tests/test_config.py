@@ -91,8 +91,8 @@ def test_wrong_types_and_ranges_all_reported_at_once():
         "data.truncation = 'rigth' (from override 'data.truncation=rigth'): expected one of 'error', 'left', 'right' "
         "(did you mean 'right'?)",
         "actor.tp = 'two' (from override 'actor.tp=two'): expected an integer",
-        "actor.clip_ratio_low = 1.5 (from override 'actor.clip_ratio_low=1.5'): expected a value <= 1.0",
         "actor.optim.lr = 'fast' (from override 'actor.optim.lr=fast'): expected a number",
+        "actor.clip_ratio_low = 1.5 (from override 'actor.clip_ratio_low=1.5'): expected a value <= 1.0",
         "rollout.sampling.top_p = 0.0 (from override 'rollout.sampling.top_p=0'): expected a value > 0.0",
         "algorithm.adv_estimator = 'grpp' (from override 'algorithm.adv_estimator=grpp'): expected one of gae, grpo, "
         "reinforce_plus_plus, reinforce_plus_plus_baseline, remax, rloo (did you mean 'grpo'?)",

@@ -49,8 +49,9 @@ class OptimConfig:
 
 
 @dataclass
-class ActorConfig:
-    model_path: str
+class TrainedRoleConfig:
+    """What the actor and the critic share: a megatron layout, batching for PPO updates, an optimizer."""
+
     dtype: Literal["float32", "bfloat16", "float16"]
     tp: int = rule(**POSITIVE)
     pp: int = rule(**POSITIVE)
@@ -58,31 +59,27 @@ class ActorConfig:
     micro_batch_size: int = rule(**POSITIVE)
     max_tokens_per_micro_batch: Optional[int] = rule(**POSITIVE)
     ppo_epochs: int = rule(**POSITIVE)
-    policy_loss: str = rule(choices=POLICY_LOSSES.names)
-    clip_ratio_low: float = rule(**FRACTION)
-    clip_ratio_high: float = rule(gt=0.0)
-    clip_ratio_c: float = rule(gt=1.0)
     loss_agg_mode: str = rule(choices=LOSS_AGG_MODES.names)
-    entropy_coeff: float = rule(min=0.0)
-    use_kl_loss: bool
-    kl_loss_coef: float = rule(min=0.0)
-    kl_loss_type: str = rule(choices=KL_ESTIMATORS.names)
     optim: OptimConfig
 
 
 @dataclass
-class CriticConfig:
+class ActorConfig(TrainedRoleConfig):
+    model_path: str
+    policy_loss: str = rule(choices=POLICY_LOSSES.names)
+    clip_ratio_low: float = rule(**FRACTION)
+    clip_ratio_high: float = rule(gt=0.0)
+    clip_ratio_c: float = rule(gt=1.0)
+    entropy_coeff: float = rule(min=0.0)
+    use_kl_loss: bool
+    kl_loss_coef: float = rule(min=0.0)
+    kl_loss_type: str = rule(choices=KL_ESTIMATORS.names)
+
+
+@dataclass
+class CriticConfig(TrainedRoleConfig):
     model_path: Optional[str]
-    dtype: Literal["float32", "bfloat16", "float16"]
-    tp: int = rule(**POSITIVE)
-    pp: int = rule(**POSITIVE)
-    ppo_mini_batch_size: int = rule(**POSITIVE)
-    micro_batch_size: int = rule(**POSITIVE)
-    max_tokens_per_micro_batch: Optional[int] = rule(**POSITIVE)
-    ppo_epochs: int = rule(**POSITIVE)
     cliprange_value: float = rule(gt=0.0)
-    loss_agg_mode: str = rule(choices=LOSS_AGG_MODES.names)
-    optim: OptimConfig
 
 
 @dataclass
