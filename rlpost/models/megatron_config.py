@@ -1,0 +1,94 @@
+"""HF config -> megatron-core TransformerConfig, layer spec and GPTModel (Llama, Qwen2, Qwen3)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+from rlpost.models.weights import ModelDims, padded_vocab
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# megatron's llama3 RoPE scaling fixes these three; other values would silently change positions
+_LLAMA3_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+@dataclass(frozen=True)
+class RopeSettings:
+    base: float
+    scaling: bool = False
+    scaling_factor: float = 8.0
+    interpolation_factor: float | None = None
+
+
+def rope_settings(hf_config) -> RopeSettings:
+    params = dict(getattr(hf_config, "rope_parameters", None) or {})
+    legacy = getattr(hf_config, "rope_scaling", None) or {}
+    params = {**legacy, **params}
+    base = float(params.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0)))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return RopeSettings(base)
+    if kind == "linear":
+        return RopeSettings(base, interpolation_factor=float(params["factor"]))
+    if kind == "llama3":
+        wrong = {k: params.get(k) for k, v in _LLAMA3_FIXED.items() if float(params.get(k, v)) != v}
+        if wrong:
+            raise ValueError(f"llama3 RoPE scaling is supported with {_LLAMA3_FIXED}, this model has {wrong}")
+        return RopeSettings(base, scaling=True, scaling_factor=float(params["factor"]))
+    raise ValueError(f"RoPE type '{kind}' is not supported; supported: default, linear, llama3")
+
+
+def use_transformer_engine() -> bool:
+    """TE cannot even import without CUDA; on GPUs with TE installed its fused spec is used."""
+    return torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
+
+
+def transformer_config(hf_config, tp: int, pp: int, dtype: str = "float32", **overrides):
+    from megatron.core.transformer import TransformerConfig
+
+    dims = ModelDims.from_hf_config(hf_config)
+    on_gpu = torch.cuda.is_available()
+    params_dtype = DTYPES[dtype]
+    settings = dict(
+        num_layers=dims.num_layers, hidden_size=dims.hidden, ffn_hidden_size=dims.ffn,
+        num_attention_heads=dims.heads, num_query_groups=dims.kv_heads, kv_channels=dims.head_dim,
+        normalization="RMSNorm", layernorm_epsilon=float(hf_config.rms_norm_eps), gated_linear_unit=True,
+        activation_func=torch.nn.functional.silu, add_bias_linear=False, add_qkv_bias=dims.qkv_bias,
+        qk_layernorm=dims.qk_norm, hidden_dropout=0.0, attention_dropout=0.0,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        sequence_parallel=on_gpu and tp > 1 and use_transformer_engine(),
+        params_dtype=params_dtype, pipeline_dtype=params_dtype, bf16=dtype == "bfloat16", fp16=dtype == "float16",
+        attention_softmax_in_fp32=True, use_cpu_initialization=not on_gpu, variable_seq_lengths=True,
+        # fused kernels are CUDA-only; gloo computes wrong results with batched p2p
+        bias_dropout_fusion=on_gpu, apply_rope_fusion=False, gradient_accumulation_fusion=False,
+        persist_layer_norm=False, masked_softmax_fusion=on_gpu, bias_activation_fusion=on_gpu,
+        batch_p2p_comm=on_gpu,
+    )
+    settings.update(overrides)
+    return TransformerConfig(**settings)
+
+
+def layer_spec(dims: ModelDims):
+    from megatron.core.models.gpt import gpt_layer_specs as specs
+
+    if use_transformer_engine():
+        return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=dims.qk_norm)
+    return specs.get_gpt_layer_local_spec(qk_layernorm=dims.qk_norm, normalization="RMSNorm")
+
+
+def build_gpt_model(hf_config, config, pre_process: bool, post_process: bool):
+    """One pipeline stage of the GPTModel; the vocabulary is padded so it splits evenly over TP."""
+    from megatron.core.models.gpt import GPTModel
+
+    dims = ModelDims.from_hf_config(hf_config)
+    rope = rope_settings(hf_config)
+    return GPTModel(
+        config=config, transformer_layer_spec=layer_spec(dims),
+        vocab_size=padded_vocab(dims.vocab, config.tensor_model_parallel_size),
+        max_sequence_length=int(hf_config.max_position_embeddings), pre_process=pre_process,
+        post_process=post_process, parallel_output=True, share_embeddings_and_output_weights=dims.tied,
+        position_embedding_type="rope", rotary_base=rope.base, rope_scaling=rope.scaling,
+        rope_scaling_factor=rope.scaling_factor, seq_len_interpolation_factor=rope.interpolation_factor,
+    )
