@@ -60,7 +60,9 @@ def transformer_config(hf_config, tp: int, pp: int, dtype: str = "float32", **ov
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
         sequence_parallel=on_gpu and tp > 1 and use_transformer_engine(),
         params_dtype=params_dtype, pipeline_dtype=params_dtype, bf16=dtype == "bfloat16", fp16=dtype == "float16",
-        attention_softmax_in_fp32=True, use_cpu_initialization=not on_gpu, variable_seq_lengths=True,
+        attention_softmax_in_fp32=True, use_cpu_initialization=not on_gpu,
+        # micro-batches differ in length; megatron checks this flag against the MoE dispatcher even without MoE
+        variable_seq_lengths=True, moe_token_dispatcher_type="alltoall",
         # fused kernels are CUDA-only; gloo computes wrong results with batched p2p
         bias_dropout_fusion=on_gpu, apply_rope_fusion=False, gradient_accumulation_fusion=False,
         persist_layer_norm=False, masked_softmax_fusion=on_gpu, bias_activation_fusion=on_gpu,

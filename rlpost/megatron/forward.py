@@ -1,0 +1,70 @@
+"""Micro-batches through megatron's pipeline schedule: forward-only collection (log-probs, entropy, values) and
+forward+backward with a loss. Sequences are right-padded, so the causal mask alone keeps padding out of every
+real position and no attention mask is built."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+import torch
+
+from rlpost.megatron.logits import vocab_parallel_logprobs
+from rlpost.megatron.model import StageModel
+
+MicroBatch = dict[str, torch.Tensor]
+
+
+def position_ids(input_ids: torch.Tensor) -> torch.Tensor:
+    return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+
+
+def run_schedule(
+    stage: StageModel,
+    micro_batches: list[MicroBatch],
+    on_output: Callable[[torch.Tensor, MicroBatch], Any],
+    forward_only: bool,
+) -> list[Any]:
+    """Run the micro-batches through the pipeline. On the last stage, on_output(output, micro_batch) is called per
+    micro-batch: forward-only, its results are returned in order; otherwise it returns (loss, metrics) and the
+    loss is back-propagated. Other stages return []."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    def forward_step(data_iterator, model):
+        mb = next(data_iterator)
+        out = model(mb["input_ids"], position_ids(mb["input_ids"]), attention_mask=None)
+        return out, partial(_on_output, mb)
+
+    def _on_output(mb, output, non_loss_data=False):
+        return on_output(output, mb)
+
+    return get_forward_backward_func()(
+        forward_step_func=forward_step, data_iterator=iter(micro_batches), model=[stage.module],
+        num_microbatches=len(micro_batches), seq_length=max(mb["input_ids"].shape[1] for mb in micro_batches),
+        micro_batch_size=micro_batches[0]["input_ids"].shape[0], forward_only=forward_only,
+        collect_non_loss_data=forward_only,
+    )
+
+
+def token_logprobs(stage: StageModel, logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0,
+                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(x_{t+1} | x_<=t) for t < s-1 (shape [b, s-1]) from this TP rank's vocabulary slice of the logits."""
+    from megatron.core import parallel_state as ps
+
+    if temperature != 1.0:
+        logits = logits / temperature
+    return vocab_parallel_logprobs(logits[:, :-1], input_ids[:, 1:], stage.dims.vocab,
+                                   group=ps.get_tensor_model_parallel_group(), with_entropy=with_entropy)
+
+
+@torch.no_grad()
+def compute_logprobs(stage: StageModel, micro_batches: list[MicroBatch], temperature: float = 1.0,
+                     with_entropy: bool = False) -> list[dict[str, torch.Tensor]]:
+    """Per micro-batch {'log_probs': [b, s-1], 'entropy': [b, s-1]?} on the last stage, [] elsewhere."""
+
+    def collect(logits, mb):
+        lp, ent = token_logprobs(stage, logits, mb["input_ids"], temperature, with_entropy)
+        return {"log_probs": lp} | ({"entropy": ent} if with_entropy else {})
+
+    stage.module.eval()
+    return run_schedule(stage, micro_batches, collect, forward_only=True)

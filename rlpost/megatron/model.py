@@ -1,0 +1,120 @@
+"""megatron-core models built from HF directories: build, load HF weights per rank, stream weights back to HF."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from rlpost.models.megatron_config import build_gpt_model, transformer_config, use_transformer_engine
+from rlpost.models.weights import ModelDims, hf_to_megatron_shard, megatron_to_hf, padded_vocab, stage_layers
+
+
+class SafetensorsDir:
+    """Lazy access to the tensors of an HF directory (one file or sharded with an index): a rank opens only the
+    files holding what it needs and reads tensor by tensor."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        index = self.path / "model.safetensors.index.json"
+        if index.is_file():
+            self.files = {k: self.path / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+        elif (self.path / "model.safetensors").is_file():
+            from safetensors import safe_open
+
+            single = self.path / "model.safetensors"
+            with safe_open(single, "pt") as f:
+                self.files = {k: single for k in f.keys()}
+        else:
+            raise FileNotFoundError(f"'{self.path}' has neither model.safetensors nor model.safetensors.index.json")
+        self._open: dict[Path, object] = {}
+
+    def get(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if name not in self.files:
+            raise KeyError(f"'{self.path}' has no tensor '{name}'")
+        file = self.files[name]
+        if file not in self._open:
+            self._open[file] = safe_open(file, "pt")
+        return self._open[file].get_tensor(name)
+
+
+@dataclass
+class StageModel:
+    """This rank's pipeline stage of a GPT model, with what conversions need to know about it."""
+
+    module: torch.nn.Module
+    hf_config: object
+    dims: ModelDims
+    tp: int
+    pp: int
+    tp_rank: int
+    pp_rank: int
+
+    @property
+    def spec(self) -> str:
+        return "te" if use_transformer_engine() else "local"
+
+    @property
+    def vocab_padded(self) -> int:
+        return padded_vocab(self.dims.vocab, self.tp)
+
+    @property
+    def layer_offset(self) -> int:
+        return stage_layers(self.dims.num_layers, self.pp, self.pp_rank).start
+
+
+def build_stage(hf_dir: str | Path, dtype: str = "float32", load_weights: bool = True, **config_overrides) -> StageModel:
+    """This rank's stage of the model in the current megatron layout (call setup_model_parallel first)."""
+    from megatron.core import parallel_state as ps
+    from transformers import AutoConfig
+
+    hf_config = AutoConfig.from_pretrained(hf_dir)
+    tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
+    config = transformer_config(hf_config, tp, pp, dtype, **config_overrides)
+    module = build_gpt_model(hf_config, config, pre_process=ps.is_pipeline_first_stage(),
+                             post_process=ps.is_pipeline_last_stage())
+    stage = StageModel(module, hf_config, ModelDims.from_hf_config(hf_config), tp, pp,
+                       ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank())
+    if torch.cuda.is_available():
+        module.cuda()
+    if load_weights:
+        load_hf_weights(stage, hf_dir)
+    return stage
+
+
+def load_hf_weights(stage: StageModel, hf_dir: str | Path) -> None:
+    """Copy this rank's shard of the HF weights into the stage; reads only the tensors this rank needs."""
+    reader = SafetensorsDir(hf_dir)
+    shard = hf_to_megatron_shard(reader.get, stage.dims, stage.tp, stage.pp, stage.tp_rank, stage.pp_rank,
+                                 stage.vocab_padded, spec=stage.spec)
+    expected = {k for k in stage.module.state_dict() if not k.endswith("_extra_state")}
+    if set(shard) != expected:
+        raise RuntimeError(f"converted names differ from the model's: missing {sorted(expected - set(shard))}, "
+                           f"unexpected {sorted(set(shard) - expected)}")
+    with torch.no_grad():
+        params = dict(stage.module.named_parameters())
+        for name, tensor in shard.items():
+            params[name].copy_(tensor)
+
+
+def _tp_gather(param: torch.Tensor, group) -> list[torch.Tensor]:
+    if getattr(param, "tensor_model_parallel", False) and dist.get_world_size(group) > 1:
+        shards = [torch.empty_like(param) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(shards, param.detach().contiguous(), group=group)
+        return shards
+    return [param.detach()]
+
+
+def stream_hf_weights(stage: StageModel) -> Iterator[tuple[str, torch.Tensor]]:
+    """This stage's weights as full HF tensors, one parameter at a time (each gathered across TP)."""
+    from megatron.core import parallel_state as ps
+
+    group = ps.get_tensor_model_parallel_group()
+    for name, param in stage.module.named_parameters():
+        yield from megatron_to_hf(name, _tp_gather(param, group), stage.dims, stage.layer_offset, spec=stage.spec)

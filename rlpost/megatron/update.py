@@ -1,0 +1,62 @@
+"""One optimizer step over a mini-batch, and the actor's PPO loss for it.
+
+Losses use global denominators (tokens / sequences of the whole mini-batch across DP ranks), and the value handed
+to the schedule is multiplied by (micro-batches x DP size): the schedule divides by the micro-batch count and
+DDP averages over DP, so the accumulated gradient is exactly that of the mini-batch loss.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from rlpost.algorithms import actor_loss
+from rlpost.config.schema import ActorConfig
+from rlpost.megatron.forward import MicroBatch, run_schedule, token_logprobs
+from rlpost.megatron.model import StageModel
+
+
+def loss_denominators(micro_batches: list[MicroBatch], dp_group=None, horizon: int | None = None) -> dict:
+    """Token and sequence counts of the whole mini-batch, summed over the data-parallel group."""
+    counts = torch.tensor([sum(float(mb["loss_mask"].sum()) for mb in micro_batches),
+                           float(sum(mb["loss_mask"].shape[0] for mb in micro_batches))], dtype=torch.float64)
+    if dp_group is not None and torch.distributed.get_world_size(dp_group) > 1:
+        torch.distributed.all_reduce(counts, group=dp_group)
+    out = {"n_tokens": counts[0].item(), "n_seqs": counts[1].item()}
+    return out | ({"horizon": horizon} if horizon is not None else {})
+
+
+def actor_loss_fn(stage: StageModel, cfg: ActorConfig, n_micro_batches: int, dp: int, denominators: dict,
+                  temperature: float = 1.0) -> Callable:
+    """micro-batch keys: input_ids [b, s], loss_mask / old_log_probs / advantages (/ ref_log_probs) [b, s-1]."""
+
+    def fn(logits, mb):
+        with_entropy = cfg.entropy_coeff > 0
+        lp, ent = token_logprobs(stage, logits, mb["input_ids"], temperature, with_entropy)
+        loss, metrics = actor_loss(
+            lp, mb["old_log_probs"], mb["advantages"], mb["loss_mask"], policy_loss=cfg.policy_loss,
+            loss_agg_mode=cfg.loss_agg_mode, clip_ratio_low=cfg.clip_ratio_low, clip_ratio_high=cfg.clip_ratio_high,
+            clip_ratio_c=cfg.clip_ratio_c, entropy=ent, entropy_coeff=cfg.entropy_coeff,
+            ref_log_prob=mb["ref_log_probs"] if cfg.use_kl_loss else None, kl_loss_coef=cfg.kl_loss_coef,
+            kl_loss_type=cfg.kl_loss_type, **denominators,
+        )
+        return loss * n_micro_batches * dp, metrics
+
+    return fn
+
+
+def train_step(stage: StageModel, optimizer, scheduler, micro_batches: list[MicroBatch], loss_fn: Callable) -> dict:
+    """Forward+backward over the micro-batches (through the pipeline), then one optimizer step."""
+    stage.module.train()
+    stage.module.zero_grad_buffer()
+    optimizer.zero_grad()
+    per_micro_batch = run_schedule(stage, micro_batches, loss_fn, forward_only=False)
+    updated, grad_norm, _ = optimizer.step()
+    if updated:
+        scheduler.step(increment=1)
+    metrics = {"grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+               "lr": optimizer.param_groups[0]["lr"], "update_skipped": not updated}
+    for key in per_micro_batch[0] if per_micro_batch else ():
+        metrics[key] = sum(float(m[key]) for m in per_micro_batch) / len(per_micro_batch)
+    return metrics

@@ -1,0 +1,199 @@
+"""HF Llama/Qwen2/Qwen3 weights <-> megatron-core GPTModel shards, as pure tensor functions.
+
+One table (per pipeline stage) maps each megatron parameter to the HF tensors it is made of and how it splits over
+tensor parallelism, so the forward conversion and its streaming inverse cannot disagree. Layouts that matter:
+- linear_qkv: per query group, the group's q heads then its k head then its v head; a TP shard is whole groups.
+- linear_fc1 (SwiGLU, partition_stride 2): TP rank r holds [gate_r; up_r], not a contiguous chunk of [gate; up].
+- embeddings / output layer: zero rows pad the vocabulary to a multiple of TP; padding never reaches HF.
+- with tied embeddings and pp > 1 the last stage keeps its own copy of the embedding as output_layer.weight.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+SPECS = ("local", "te")
+_NORM_NAMES = {
+    "local": ("input_layernorm.weight", "pre_mlp_layernorm.weight"),
+    "te": ("self_attention.linear_qkv.layer_norm_weight", "mlp.linear_fc1.layer_norm_weight"),
+}
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    num_layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    tied: bool
+    qkv_bias: bool
+    qk_norm: bool
+
+    @classmethod
+    def from_hf_config(cls, config) -> "ModelDims":
+        get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
+        model_type = get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"model_type '{model_type}' is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        heads, hidden = get("num_attention_heads"), get("hidden_size")
+        return cls(
+            num_layers=get("num_hidden_layers"), hidden=hidden, heads=heads,
+            kv_heads=get("num_key_value_heads") or heads, head_dim=get("head_dim") or hidden // heads,
+            ffn=get("intermediate_size"), vocab=get("vocab_size"), tied=bool(get("tie_word_embeddings", False)),
+            qkv_bias=model_type == "qwen2" or bool(get("attention_bias", False)), qk_norm=model_type == "qwen3",
+        )
+
+
+def padded_vocab(vocab: int, tp: int, multiple: int = 128) -> int:
+    step = multiple * tp
+    return -(-vocab // step) * step
+
+
+def stage_layers(num_layers: int, pp: int, stage: int) -> range:
+    if num_layers % pp:
+        raise ValueError(f"pp = {pp} does not divide the model's {num_layers} layers")
+    n = num_layers // pp
+    return range(stage * n, (stage + 1) * n)
+
+
+def _check_tp(dims: ModelDims, tp: int) -> None:
+    for what, n in (("attention heads", dims.heads), ("key/value heads", dims.kv_heads), ("FFN width", dims.ffn)):
+        if n % tp:
+            raise ValueError(f"tp = {tp} does not divide the model's {n} {what}")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    megatron: str
+    hf: tuple[str, ...]
+    kind: str  # copy | row | col | vocab | qkv | fc1
+
+
+def _layer_entries(dims: ModelDims, local: int, layer: int, spec: str) -> list[_Entry]:
+    m, h = f"decoder.layers.{local}.", f"model.layers.{layer}."
+    attn = h + "self_attn."
+    input_norm, mlp_norm = _NORM_NAMES[spec]
+    entries = [
+        _Entry(m + input_norm, (h + "input_layernorm.weight",), "copy"),
+        _Entry(m + "self_attention.linear_qkv.weight", tuple(f"{attn}{p}_proj.weight" for p in "qkv"), "qkv"),
+        _Entry(m + "self_attention.linear_proj.weight", (attn + "o_proj.weight",), "col"),
+        _Entry(m + mlp_norm, (h + "post_attention_layernorm.weight",), "copy"),
+        _Entry(m + "mlp.linear_fc1.weight", (h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"), "fc1"),
+        _Entry(m + "mlp.linear_fc2.weight", (h + "mlp.down_proj.weight",), "col"),
+    ]
+    if dims.qkv_bias:
+        entries.append(_Entry(m + "self_attention.linear_qkv.bias", tuple(f"{attn}{p}_proj.bias" for p in "qkv"), "qkv"))
+    if dims.qk_norm:
+        entries += [_Entry(m + "self_attention.q_layernorm.weight", (attn + "q_norm.weight",), "copy"),
+                    _Entry(m + "self_attention.k_layernorm.weight", (attn + "k_norm.weight",), "copy")]
+    return entries
+
+
+def _stage_entries(dims: ModelDims, pp: int, pp_rank: int, spec: str) -> list[_Entry]:
+    if spec not in SPECS:
+        raise ValueError(f"layer spec '{spec}' is not one of {', '.join(SPECS)}")
+    layers = stage_layers(dims.num_layers, pp, pp_rank)
+    entries = []
+    if pp_rank == 0:
+        entries.append(_Entry("embedding.word_embeddings.weight", ("model.embed_tokens.weight",), "vocab"))
+    for local, layer in enumerate(layers):
+        entries += _layer_entries(dims, local, layer, spec)
+    if pp_rank == pp - 1:
+        entries.append(_Entry("decoder.final_layernorm.weight", ("model.norm.weight",), "copy"))
+        if not dims.tied:
+            entries.append(_Entry("output_layer.weight", ("lm_head.weight",), "vocab"))
+        elif pp > 1:
+            entries.append(_Entry("output_layer.weight", ("model.embed_tokens.weight",), "vocab"))
+    return entries
+
+
+def _split(entry: _Entry, tensors: list[torch.Tensor], dims: ModelDims, tp: int, rank: int, vocab_padded: int):
+    if entry.kind == "copy":
+        return tensors[0]
+    if entry.kind in ("row", "col"):
+        return tensors[0].chunk(tp, dim=0 if entry.kind == "row" else 1)[rank]
+    if entry.kind == "vocab":
+        w = tensors[0]
+        padded = torch.cat([w, w.new_zeros(vocab_padded - w.shape[0], *w.shape[1:])]) if vocab_padded > w.shape[0] else w
+        return padded.chunk(tp)[rank]
+    if entry.kind == "fc1":
+        gate, up = tensors
+        return torch.cat([gate.chunk(tp)[rank], up.chunk(tp)[rank]])
+    q, k, v = tensors
+    groups, rest = dims.kv_heads, q.shape[1:]
+    fused = torch.cat([q.reshape(groups, -1, *rest), k.reshape(groups, -1, *rest), v.reshape(groups, -1, *rest)], 1)
+    return fused.chunk(tp)[rank].reshape(-1, *rest)
+
+
+def _merge(entry: _Entry, shards: list[torch.Tensor], dims: ModelDims) -> list[torch.Tensor]:
+    if entry.kind == "copy":
+        return [shards[0]]
+    if entry.kind == "col":
+        return [torch.cat(shards, 1)]
+    if entry.kind == "row":
+        return [torch.cat(shards)]
+    if entry.kind == "vocab":
+        return [torch.cat(shards)[: dims.vocab]]
+    if entry.kind == "fc1":
+        halves = [s.chunk(2) for s in shards]
+        return [torch.cat([g for g, _ in halves]), torch.cat([u for _, u in halves])]
+    rest = shards[0].shape[1:]
+    q_rows = dims.heads // dims.kv_heads * dims.head_dim
+    fused = torch.cat(shards).reshape(dims.kv_heads, q_rows + 2 * dims.head_dim, *rest)
+    q, k, v = fused.split([q_rows, dims.head_dim, dims.head_dim], dim=1)
+    return [t.reshape(-1, *rest) for t in (q, k, v)]
+
+
+def megatron_param_names(dims: ModelDims, pp: int, pp_rank: int, spec: str = "local") -> list[str]:
+    return [e.megatron for e in _stage_entries(dims, pp, pp_rank, spec)]
+
+
+def hf_names_for_rank(dims: ModelDims, tp: int, pp: int, tp_rank: int, pp_rank: int, spec: str = "local") -> list[str]:
+    """The HF tensors one rank reads: its stage's, nothing else (memory-lean loading of big checkpoints)."""
+    _check_tp(dims, tp)
+    return sorted({name for e in _stage_entries(dims, pp, pp_rank, spec) for name in e.hf})
+
+
+def hf_to_megatron_shard(get_hf: Callable[[str], torch.Tensor], dims: ModelDims, tp: int, pp: int, tp_rank: int,
+                         pp_rank: int, vocab_padded: int, spec: str = "local") -> dict[str, torch.Tensor]:
+    """This (tp_rank, pp_rank)'s megatron state dict, reading HF tensors one at a time through get_hf."""
+    _check_tp(dims, tp)
+    if vocab_padded < dims.vocab or vocab_padded % tp:
+        raise ValueError(f"padded vocabulary {vocab_padded} must be >= {dims.vocab} and divisible by tp = {tp}")
+    return {
+        e.megatron: _split(e, [get_hf(n) for n in e.hf], dims, tp, tp_rank, vocab_padded).contiguous().clone()
+        for e in _stage_entries(dims, pp, pp_rank, spec)
+    }
+
+
+_LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
+
+
+def megatron_to_hf(name: str, tp_shards: list[torch.Tensor], dims: ModelDims, layer_offset: int,
+                   spec: str = "local") -> list[tuple[str, torch.Tensor]]:
+    """One megatron parameter (all its TP shards, or one copy if replicated) -> the HF tensors it holds.
+
+    The tied output layer of the last stage yields nothing: HF ties lm_head to the embedding the first stage yields.
+    """
+    match = _LAYER.fullmatch(name)
+    if match:
+        local = int(match.group(1))
+        entries = _layer_entries(dims, local, local + layer_offset, spec)
+    else:
+        entries = [_Entry("embedding.word_embeddings.weight", ("model.embed_tokens.weight",), "vocab"),
+                   _Entry("decoder.final_layernorm.weight", ("model.norm.weight",), "copy"),
+                   _Entry("output_layer.weight", () if dims.tied else ("lm_head.weight",), "vocab")]
+    entry = next((e for e in entries if e.megatron == name), None)
+    if entry is None:
+        raise ValueError(f"megatron parameter '{name}' has no HF counterpart for this model (spec '{spec}')")
+    if not entry.hf:
+        return []
+    return list(zip(entry.hf, _merge(entry, tp_shards, dims)))
