@@ -1,8 +1,10 @@
 """Actor PPO updates in parallel layouts give the weights of the single-process update on the same data.
 
 Two optimizer steps (Adam, grad clipping, entropy bonus, KL loss) at (tp, pp, dp) = (2, 2, 1) and (1, 1, 2)
-against (1, 1, 1). Tolerance: 2e-6 absolute in fp32 (sums are reduced in different orders across layouts, and
-Adam's first steps divide by sqrt(v), which amplifies rounding on tiny gradients)."""
+against (1, 1, 1). Tolerance: 1e-6 absolute in fp32. Layouts reduce sums in different orders, and Adam's first
+steps are about lr * g / (|g| + eps): with eps = 1e-8 a gradient near zero turns rounding noise into an lr-sized
+step (measured: 1.3e-5 at TP=2 with eps 1e-8, 6e-8 with eps 1e-2, PP=2 bitwise either way), so eps = 1e-2 keeps
+the update proportional to the gradient and the comparison about the gradients."""
 
 import pytest
 import torch
@@ -11,10 +13,10 @@ from rlpost.config import load_config
 from rlpost.testing.checkpoints import make_tiny_checkpoint
 from rlpost.testing.distributed import run_ranks
 
-TOLERANCE = 2e-6
+TOLERANCE = 1e-6
 SEQS, LENGTH, PROMPT = 8, 12, 4
 OVERRIDES = ["actor.optim.lr=1e-3", "actor.optim.clip_grad=0.5", "actor.entropy_coeff=0.01", "actor.use_kl_loss=true",
-             "actor.kl_loss_coef=0.1", "actor.optim.weight_decay=0.0"]
+             "actor.kl_loss_coef=0.1", "actor.optim.weight_decay=0.0", "actor.optim.eps=1e-2"]
 
 
 def _data(path):
@@ -37,7 +39,7 @@ def _data(path):
     }
 
 
-def _rank(rank, world, path, tp, pp, data):
+def _rank(rank, world, path, tp, pp, data, overrides):
     from megatron.core import parallel_state as ps
 
     from rlpost.megatron.model import build_stage, stream_hf_weights
@@ -45,7 +47,7 @@ def _rank(rank, world, path, tp, pp, data):
     from rlpost.megatron.parallel import setup_model_parallel
     from rlpost.megatron.update import actor_loss_fn, loss_denominators, train_step
 
-    cfg = load_config(None, OVERRIDES, check_files=False).actor
+    cfg = load_config(None, overrides, check_files=False).actor
     setup_model_parallel(tp, pp, seed=1)
     stage = build_stage(path)
     ddp = wrap_ddp(stage)
@@ -59,12 +61,14 @@ def _rank(rank, world, path, tp, pp, data):
         denominators = loss_denominators(micro_batches, ps.get_data_parallel_group(), horizon=LENGTH - 1)
         loss_fn = actor_loss_fn(stage, cfg, len(micro_batches), dp, denominators)
         metrics.append(train_step(stage, optimizer, scheduler, micro_batches, loss_fn))
-    weights = dict(stream_hf_weights(stage)) if dp_rank == 0 and ps.get_tensor_model_parallel_rank() == 0 else {}
+    weights = dict(stream_hf_weights(stage))  # every TP rank takes part in the gathers
+    if dp_rank or ps.get_tensor_model_parallel_rank():
+        weights = {}
     return weights, metrics
 
 
-def _weights(path, data, tp, pp, dp):
-    results = run_ranks(_rank, tp * pp * dp, path, tp, pp, data)
+def _weights(path, data, tp, pp, dp, overrides=tuple(OVERRIDES)):
+    results = run_ranks(_rank, tp * pp * dp, path, tp, pp, data, list(overrides))
     merged = {}
     for weights, _ in results:
         merged.update(weights)

@@ -57,6 +57,13 @@ class StageModel:
     pp_rank: int
 
     @property
+    def core(self) -> torch.nn.Module:
+        """The GPTModel itself, also once wrap_ddp has put it inside megatron's DDP."""
+        from megatron.core.distributed import DistributedDataParallel
+
+        return self.module.module if isinstance(self.module, DistributedDataParallel) else self.module
+
+    @property
     def spec(self) -> str:
         return "te" if use_transformer_engine() else "local"
 
@@ -93,12 +100,12 @@ def load_hf_weights(stage: StageModel, hf_dir: str | Path) -> None:
     reader = SafetensorsDir(hf_dir)
     shard = hf_to_megatron_shard(reader.get, stage.dims, stage.tp, stage.pp, stage.tp_rank, stage.pp_rank,
                                  stage.vocab_padded, spec=stage.spec)
-    expected = {k for k in stage.module.state_dict() if not k.endswith("_extra_state")}
+    expected = {k for k in stage.core.state_dict() if not k.endswith("_extra_state")}
     if set(shard) != expected:
         raise RuntimeError(f"converted names differ from the model's: missing {sorted(expected - set(shard))}, "
                            f"unexpected {sorted(set(shard) - expected)}")
     with torch.no_grad():
-        params = dict(stage.module.named_parameters())
+        params = dict(stage.core.named_parameters())
         for name, tensor in shard.items():
             params[name].copy_(tensor)
 
@@ -112,9 +119,10 @@ def _tp_gather(param: torch.Tensor, group) -> list[torch.Tensor]:
 
 
 def stream_hf_weights(stage: StageModel) -> Iterator[tuple[str, torch.Tensor]]:
-    """This stage's weights as full HF tensors, one parameter at a time (each gathered across TP)."""
+    """This stage's weights as full HF tensors, one parameter at a time (each gathered across TP, so every TP rank
+    of the stage must iterate)."""
     from megatron.core import parallel_state as ps
 
     group = ps.get_tensor_model_parallel_group()
-    for name, param in stage.module.named_parameters():
+    for name, param in stage.core.named_parameters():
         yield from megatron_to_hf(name, _tp_gather(param, group), stage.dims, stage.layer_offset, spec=stage.spec)
