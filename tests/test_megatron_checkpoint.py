@@ -1,0 +1,102 @@
+"""Save at step 1, load into a freshly built model/optimizer, continue: bitwise equal to the uninterrupted run.
+Layout (tp, pp, dp) = (2, 1, 2), so TP shards and the DP-sharded distributed-optimizer state both round-trip.
+The exported HF directory loads in transformers with the trained weights."""
+
+import pytest
+import torch
+
+from rlpost.testing.checkpoints import make_tiny_checkpoint
+from rlpost.testing.distributed import run_ranks
+
+OVERRIDES = ["actor.optim.lr=1e-3", "actor.optim.eps=1e-2", "actor.entropy_coeff=0.01"]
+
+
+def _rank(rank, world, path, out, data):
+    from megatron.core import parallel_state as ps
+
+    from rlpost.config import load_config
+    from rlpost.megatron.checkpoint import export_hf, load_checkpoint, save_checkpoint
+    from rlpost.megatron.model import build_stage, stream_hf_weights
+    from rlpost.megatron.optim import build_optimizer, wrap_ddp
+    from rlpost.megatron.parallel import setup_model_parallel
+    from rlpost.megatron.update import actor_loss_fn, loss_denominators, train_step
+
+    cfg = load_config(None, OVERRIDES, check_files=False).actor
+    setup_model_parallel(2, 1, seed=1)
+    dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+
+    def build():
+        stage = build_stage(path)
+        optimizer, scheduler = build_optimizer(wrap_ddp(stage), cfg.optim, total_steps=4)
+        return stage, optimizer, scheduler
+
+    def step(stage, optimizer, scheduler, rows):
+        mbs = [{k: v[r : r + 1] for k, v in data.items()} for i, r in enumerate(rows) if i % dp == dp_rank]
+        fn = actor_loss_fn(stage, cfg, len(mbs), dp, loss_denominators(mbs, ps.get_data_parallel_group()))
+        return train_step(stage, optimizer, scheduler, mbs, fn)
+
+    stage, optimizer, scheduler = build()
+    step(stage, optimizer, scheduler, [0, 1, 2, 3])
+    save_checkpoint(stage, optimizer, scheduler, f"{out}/step_1", extra={"step": 1})
+    straight = step(stage, optimizer, scheduler, [4, 5, 6, 7])
+    uninterrupted = dict(stream_hf_weights(stage))
+    rng_uninterrupted = torch.rand(4)
+
+    stage, optimizer, scheduler = build()
+    extra = load_checkpoint(stage, optimizer, scheduler, f"{out}/step_1")
+    resumed_metrics = step(stage, optimizer, scheduler, [4, 5, 6, 7])
+    resumed = dict(stream_hf_weights(stage))
+    rng_resumed = torch.rand(4)
+    export_hf(stage, f"{out}/hf", path)
+    try:
+        save_checkpoint(stage, optimizer, scheduler, f"{out}/step_1")
+        overwrite = None
+    except FileExistsError as e:
+        overwrite = str(e)
+    return {
+        "extra": extra, "overwrite": overwrite, "lr": (straight["lr"], resumed_metrics["lr"]),
+        "bitwise": sorted(k for k in uninterrupted if not torch.equal(uninterrupted[k], resumed[k])),
+        "rng": torch.equal(rng_uninterrupted, rng_resumed), "weights": resumed if rank == 0 else None,
+    }
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = str(make_tiny_checkpoint("llama", tmp_path_factory.mktemp("ck_src"), seed=2, initializer_range=0.2))
+    out = tmp_path_factory.mktemp("ck_out")
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 512, (8, 10), generator=gen)
+    mask = torch.ones(8, 9)
+    mask[:, :3] = 0
+    data = {"input_ids": ids, "loss_mask": mask, "old_log_probs": -5 + 0.1 * torch.randn(8, 9, generator=gen),
+            "advantages": torch.randn(8, 9, generator=gen) * mask}
+    return run_ranks(_rank, 4, path, str(out), data), out
+
+
+def test_resume_is_bitwise(run):
+    results, _ = run
+    for r in results:
+        assert r["bitwise"] == [] and r["rng"] and r["extra"] == {"step": 1}
+        assert r["lr"][0] == r["lr"][1]
+        assert "already exists" in r["overwrite"]
+
+
+def test_checkpoint_directory_is_complete_and_partial_is_refused(run, tmp_path):
+    from rlpost.megatron.checkpoint import is_complete
+
+    _, out = run
+    assert is_complete(out / "step_1") and not (out / ".step_1.partial").exists()
+    partial = tmp_path / ".step_2.partial"
+    partial.mkdir()
+    assert not is_complete(partial)
+
+
+def test_exported_hf_directory_loads_in_transformers(run):
+    from transformers import AutoModelForCausalLM
+
+    results, out = run
+    model = AutoModelForCausalLM.from_pretrained(out / "hf", dtype=torch.float32)
+    state = model.state_dict()
+    for name, tensor in results[0]["weights"].items():
+        assert torch.equal(state[name], tensor), name
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
