@@ -68,3 +68,11 @@ def compute_logprobs(stage: StageModel, micro_batches: list[MicroBatch], tempera
 
     stage.module.eval()
     return run_schedule(stage, micro_batches, collect, forward_only=True)
+
+
+@torch.no_grad()
+def compute_values(stage: StageModel, micro_batches: list[MicroBatch]) -> list[dict[str, torch.Tensor]]:
+    """Critic values [b, s-1] on the last stage: position t values the state that generates token t+1, aligned
+    with the log-probs."""
+    stage.module.eval()
+    return run_schedule(stage, micro_batches, lambda out, mb: {"values": out[:, :-1, 0].float()}, forward_only=True)

@@ -55,6 +55,7 @@ class StageModel:
     pp: int
     tp_rank: int
     pp_rank: int
+    value_head: bool = False
 
     @property
     def core(self) -> torch.nn.Module:
@@ -76,18 +77,44 @@ class StageModel:
         return stage_layers(self.dims.num_layers, self.pp, self.pp_rank).start
 
 
-def build_stage(hf_dir: str | Path, dtype: str = "float32", load_weights: bool = True, **config_overrides) -> StageModel:
-    """This rank's stage of the model in the current megatron layout (call setup_model_parallel first)."""
+class ValueHead(torch.nn.Module):
+    """The critic's scalar head in place of the LM head: same call signature as megatron's output layer, replicated
+    over TP (every TP rank sees the same hidden states, or its sequence slice under sequence parallelism)."""
+
+    def __init__(self, hidden: int, sequence_parallel: bool):
+        super().__init__()
+        self.linear = torch.nn.Linear(hidden, 1, bias=True)
+        torch.nn.init.normal_(self.linear.weight, std=1.0 / (hidden + 1) ** 0.5)
+        torch.nn.init.zeros_(self.linear.bias)
+        for p in self.linear.parameters():
+            p.sequence_parallel = sequence_parallel  # tells megatron to all-reduce these grads over TP
+
+    def forward(self, hidden_states, weight=None, runtime_gather_output=None):
+        return self.linear(hidden_states), None
+
+
+def build_stage(hf_dir: str | Path, dtype: str = "float32", load_weights: bool = True, value_head: bool = False,
+                **config_overrides) -> StageModel:
+    """This rank's stage of the model in the current megatron layout (call setup_model_parallel first).
+
+    value_head=True builds the critic: the actor's backbone with a scalar head (seeded by megatron's default RNG,
+    so identical on every rank) instead of the LM head; the output is [b, s, 1]."""
     from megatron.core import parallel_state as ps
     from transformers import AutoConfig
 
     hf_config = AutoConfig.from_pretrained(hf_dir)
     tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
     config = transformer_config(hf_config, tp, pp, dtype, **config_overrides)
+    dims = ModelDims.from_hf_config(hf_config)
+    if value_head and dims.tied:
+        hf_config.tie_word_embeddings = False  # the critic has no LM head to tie
+        dims = ModelDims.from_hf_config(hf_config)
     module = build_gpt_model(hf_config, config, pre_process=ps.is_pipeline_first_stage(),
                              post_process=ps.is_pipeline_last_stage())
-    stage = StageModel(module, hf_config, ModelDims.from_hf_config(hf_config), tp, pp,
-                       ps.get_tensor_model_parallel_rank(), ps.get_pipeline_model_parallel_rank())
+    if value_head and ps.is_pipeline_last_stage():
+        module.output_layer = ValueHead(dims.hidden, config.sequence_parallel)
+    stage = StageModel(module, hf_config, dims, tp, pp, ps.get_tensor_model_parallel_rank(),
+                       ps.get_pipeline_model_parallel_rank(), value_head)
     if torch.cuda.is_available():
         module.cuda()
     if load_weights:
@@ -99,8 +126,8 @@ def load_hf_weights(stage: StageModel, hf_dir: str | Path) -> None:
     """Copy this rank's shard of the HF weights into the stage; reads only the tensors this rank needs."""
     reader = SafetensorsDir(hf_dir)
     shard = hf_to_megatron_shard(reader.get, stage.dims, stage.tp, stage.pp, stage.tp_rank, stage.pp_rank,
-                                 stage.vocab_padded, spec=stage.spec)
-    expected = {k for k in stage.core.state_dict() if not k.endswith("_extra_state")}
+                                 stage.vocab_padded, spec=stage.spec, lm_head=not stage.value_head)
+    expected = {k for k in stage.core.state_dict() if not k.endswith("_extra_state") and not _is_value_head(k)}
     if set(shard) != expected:
         raise RuntimeError(f"converted names differ from the model's: missing {sorted(expected - set(shard))}, "
                            f"unexpected {sorted(set(shard) - expected)}")
@@ -108,6 +135,10 @@ def load_hf_weights(stage: StageModel, hf_dir: str | Path) -> None:
         params = dict(stage.core.named_parameters())
         for name, tensor in shard.items():
             params[name].copy_(tensor)
+
+
+def _is_value_head(name: str) -> bool:
+    return name.startswith("output_layer.linear.")
 
 
 def _tp_gather(param: torch.Tensor, group) -> list[torch.Tensor]:
@@ -120,9 +151,11 @@ def _tp_gather(param: torch.Tensor, group) -> list[torch.Tensor]:
 
 def stream_hf_weights(stage: StageModel) -> Iterator[tuple[str, torch.Tensor]]:
     """This stage's weights as full HF tensors, one parameter at a time (each gathered across TP, so every TP rank
-    of the stage must iterate)."""
+    of the stage must iterate). A critic's value head has no HF counterpart and is not included."""
     from megatron.core import parallel_state as ps
 
     group = ps.get_tensor_model_parallel_group()
     for name, param in stage.core.named_parameters():
+        if _is_value_head(name):
+            continue
         yield from megatron_to_hf(name, _tp_gather(param, group), stage.dims, stage.layer_offset, spec=stage.spec)

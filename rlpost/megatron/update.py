@@ -11,8 +11,8 @@ from typing import Callable
 
 import torch
 
-from rlpost.algorithms import actor_loss
-from rlpost.config.schema import ActorConfig
+from rlpost.algorithms import actor_loss, value_loss
+from rlpost.config.schema import ActorConfig, CriticConfig
 from rlpost.megatron.forward import MicroBatch, run_schedule, token_logprobs
 from rlpost.megatron.model import StageModel
 
@@ -42,6 +42,18 @@ def actor_loss_fn(stage: StageModel, cfg: ActorConfig, n_micro_batches: int, dp:
             kl_loss_type=cfg.kl_loss_type, **denominators,
         )
         return loss * n_micro_batches * dp, metrics
+
+    return fn
+
+
+def critic_loss_fn(cfg: CriticConfig, n_micro_batches: int, dp: int, denominators: dict) -> Callable:
+    """micro-batch keys: input_ids [b, s], loss_mask / old_values / returns [b, s-1]."""
+
+    def fn(output, mb):
+        values = output[:, :-1, 0].float()
+        loss, metrics = value_loss(values, mb["old_values"], mb["returns"], mb["loss_mask"],
+                                   cliprange_value=cfg.cliprange_value, loss_agg_mode=cfg.loss_agg_mode, **denominators)
+        return loss * n_micro_batches * dp, metrics | {"vf_loss": loss.detach()}
 
     return fn
 

@@ -97,7 +97,8 @@ def _layer_entries(dims: ModelDims, local: int, layer: int, spec: str) -> list[_
     return entries
 
 
-def _stage_entries(dims: ModelDims, pp: int, pp_rank: int, spec: str) -> list[_Entry]:
+def _stage_entries(dims: ModelDims, pp: int, pp_rank: int, spec: str, lm_head: bool = True) -> list[_Entry]:
+    """lm_head=False for the critic, whose last stage ends in a value head instead."""
     if spec not in SPECS:
         raise ValueError(f"layer spec '{spec}' is not one of {', '.join(SPECS)}")
     layers = stage_layers(dims.num_layers, pp, pp_rank)
@@ -108,9 +109,9 @@ def _stage_entries(dims: ModelDims, pp: int, pp_rank: int, spec: str) -> list[_E
         entries += _layer_entries(dims, local, layer, spec)
     if pp_rank == pp - 1:
         entries.append(_Entry("decoder.final_layernorm.weight", ("model.norm.weight",), "copy"))
-        if not dims.tied:
+        if lm_head and not dims.tied:
             entries.append(_Entry("output_layer.weight", ("lm_head.weight",), "vocab"))
-        elif pp > 1:
+        elif lm_head and pp > 1:
             entries.append(_Entry("output_layer.weight", ("model.embed_tokens.weight",), "vocab"))
     return entries
 
@@ -152,25 +153,27 @@ def _merge(entry: _Entry, shards: list[torch.Tensor], dims: ModelDims) -> list[t
     return [t.reshape(-1, *rest) for t in (q, k, v)]
 
 
-def megatron_param_names(dims: ModelDims, pp: int, pp_rank: int, spec: str = "local") -> list[str]:
-    return [e.megatron for e in _stage_entries(dims, pp, pp_rank, spec)]
+def megatron_param_names(dims: ModelDims, pp: int, pp_rank: int, spec: str = "local", lm_head: bool = True) -> list[str]:
+    return [e.megatron for e in _stage_entries(dims, pp, pp_rank, spec, lm_head)]
 
 
-def hf_names_for_rank(dims: ModelDims, tp: int, pp: int, tp_rank: int, pp_rank: int, spec: str = "local") -> list[str]:
+def hf_names_for_rank(dims: ModelDims, tp: int, pp: int, tp_rank: int, pp_rank: int, spec: str = "local",
+                      lm_head: bool = True) -> list[str]:
     """The HF tensors one rank reads: its stage's, nothing else (memory-lean loading of big checkpoints)."""
     _check_tp(dims, tp)
-    return sorted({name for e in _stage_entries(dims, pp, pp_rank, spec) for name in e.hf})
+    return sorted({name for e in _stage_entries(dims, pp, pp_rank, spec, lm_head) for name in e.hf})
 
 
 def hf_to_megatron_shard(get_hf: Callable[[str], torch.Tensor], dims: ModelDims, tp: int, pp: int, tp_rank: int,
-                         pp_rank: int, vocab_padded: int, spec: str = "local") -> dict[str, torch.Tensor]:
+                         pp_rank: int, vocab_padded: int, spec: str = "local", lm_head: bool = True,
+                         ) -> dict[str, torch.Tensor]:
     """This (tp_rank, pp_rank)'s megatron state dict, reading HF tensors one at a time through get_hf."""
     _check_tp(dims, tp)
     if vocab_padded < dims.vocab or vocab_padded % tp:
         raise ValueError(f"padded vocabulary {vocab_padded} must be >= {dims.vocab} and divisible by tp = {tp}")
     return {
         e.megatron: _split(e, [get_hf(n) for n in e.hf], dims, tp, tp_rank, vocab_padded).contiguous().clone()
-        for e in _stage_entries(dims, pp, pp_rank, spec)
+        for e in _stage_entries(dims, pp, pp_rank, spec, lm_head)
     }
 
 
