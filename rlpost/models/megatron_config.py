@@ -77,7 +77,11 @@ def layer_spec(dims: ModelDims):
 
     if use_transformer_engine():
         return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=dims.qk_norm)
-    return specs.get_gpt_layer_local_spec(qk_layernorm=dims.qk_norm, normalization="RMSNorm")
+    from rlpost.megatron.sdpa_attention import SDPAttention
+
+    spec = specs.get_gpt_layer_local_spec(qk_layernorm=dims.qk_norm, normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    return spec
 
 
 def build_gpt_model(hf_config, config, pre_process: bool, post_process: bool):

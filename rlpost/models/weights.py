@@ -26,6 +26,8 @@ _NORM_NAMES = {
 
 @dataclass(frozen=True)
 class ModelDims:
+    """The shape facts the converters need, so they run from a config alone (no model, no megatron)."""
+
     num_layers: int
     hidden: int
     heads: int
@@ -42,7 +44,11 @@ class ModelDims:
         get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
         model_type = get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"model_type '{model_type}' is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+            supported = ", ".join(SUPPORTED_MODEL_TYPES)
+            raise ValueError(f"model_type '{model_type}' is not supported; supported: {supported}")
+        if get("mlp_bias", False) or (model_type != "qwen2" and get("attention_bias", False)):
+            # megatron cannot bias linear_proj or the MLP without biasing both; dropping them would be silent
+            raise ValueError(f"{model_type} with attention_bias/mlp_bias (biases on o_proj or the MLP) is not supported")
         heads, hidden = get("num_attention_heads"), get("hidden_size")
         return cls(
             num_layers=get("num_hidden_layers"), hidden=hidden, heads=heads,
@@ -53,11 +59,13 @@ class ModelDims:
 
 
 def padded_vocab(vocab: int, tp: int, multiple: int = 128) -> int:
+    """Megatron's vocabulary size: every TP rank gets an equal, GEMM-friendly slice of the embedding."""
     step = multiple * tp
     return -(-vocab // step) * step
 
 
 def stage_layers(num_layers: int, pp: int, stage: int) -> range:
+    """Global indices of a stage's layers; megatron names them 0.. on every stage, so conversions need the offset."""
     if num_layers % pp:
         raise ValueError(f"pp = {pp} does not divide the model's {num_layers} layers")
     n = num_layers // pp
@@ -74,7 +82,7 @@ def _check_tp(dims: ModelDims, tp: int) -> None:
 class _Entry:
     megatron: str
     hf: tuple[str, ...]
-    kind: str  # copy | row | col | vocab | qkv | fc1
+    kind: str  # copy (replicated) | col (split on dim 1) | vocab | qkv | fc1
 
 
 def _layer_entries(dims: ModelDims, local: int, layer: int, spec: str) -> list[_Entry]:
@@ -90,17 +98,22 @@ def _layer_entries(dims: ModelDims, local: int, layer: int, spec: str) -> list[_
         _Entry(m + "mlp.linear_fc2.weight", (h + "mlp.down_proj.weight",), "col"),
     ]
     if dims.qkv_bias:
-        entries.append(_Entry(m + "self_attention.linear_qkv.bias", tuple(f"{attn}{p}_proj.bias" for p in "qkv"), "qkv"))
+        qkv_bias = tuple(f"{attn}{p}_proj.bias" for p in "qkv")
+        entries.append(_Entry(m + "self_attention.linear_qkv.bias", qkv_bias, "qkv"))
     if dims.qk_norm:
         entries += [_Entry(m + "self_attention.q_layernorm.weight", (attn + "q_norm.weight",), "copy"),
                     _Entry(m + "self_attention.k_layernorm.weight", (attn + "k_norm.weight",), "copy")]
     return entries
 
 
-def _stage_entries(dims: ModelDims, pp: int, pp_rank: int, spec: str, lm_head: bool = True) -> list[_Entry]:
-    """lm_head=False for the critic, whose last stage ends in a value head instead."""
+def _check_spec(spec: str) -> None:
     if spec not in SPECS:
         raise ValueError(f"layer spec '{spec}' is not one of {', '.join(SPECS)}")
+
+
+def _stage_entries(dims: ModelDims, pp: int, pp_rank: int, spec: str, lm_head: bool = True) -> list[_Entry]:
+    """lm_head=False for the critic, whose last stage ends in a value head instead."""
+    _check_spec(spec)
     layers = stage_layers(dims.num_layers, pp, pp_rank)
     entries = []
     if pp_rank == 0:
@@ -116,15 +129,21 @@ def _stage_entries(dims: ModelDims, pp: int, pp_rank: int, spec: str, lm_head: b
     return entries
 
 
+def _vocab_rows(w: torch.Tensor, rows: int, rank: int) -> torch.Tensor:
+    """Rank's rows of the zero-padded matrix, without materialising the padded whole (embeddings are the largest
+    tensors of a model)."""
+    start = min(rank * rows, w.shape[0])
+    own = w[start: min(start + rows, w.shape[0])]
+    return torch.cat([own, own.new_zeros(rows - own.shape[0], *w.shape[1:])]) if own.shape[0] < rows else own
+
+
 def _split(entry: _Entry, tensors: list[torch.Tensor], dims: ModelDims, tp: int, rank: int, vocab_padded: int):
     if entry.kind == "copy":
         return tensors[0]
-    if entry.kind in ("row", "col"):
-        return tensors[0].chunk(tp, dim=0 if entry.kind == "row" else 1)[rank]
+    if entry.kind == "col":
+        return tensors[0].chunk(tp, dim=1)[rank]
     if entry.kind == "vocab":
-        w = tensors[0]
-        padded = torch.cat([w, w.new_zeros(vocab_padded - w.shape[0], *w.shape[1:])]) if vocab_padded > w.shape[0] else w
-        return padded.chunk(tp)[rank]
+        return _vocab_rows(tensors[0], vocab_padded // tp, rank)
     if entry.kind == "fc1":
         gate, up = tensors
         return torch.cat([gate.chunk(tp)[rank], up.chunk(tp)[rank]])
@@ -139,8 +158,6 @@ def _merge(entry: _Entry, shards: list[torch.Tensor], dims: ModelDims) -> list[t
         return [shards[0]]
     if entry.kind == "col":
         return [torch.cat(shards, 1)]
-    if entry.kind == "row":
-        return [torch.cat(shards)]
     if entry.kind == "vocab":
         return [torch.cat(shards)[: dims.vocab]]
     if entry.kind == "fc1":
@@ -153,7 +170,9 @@ def _merge(entry: _Entry, shards: list[torch.Tensor], dims: ModelDims) -> list[t
     return [t.reshape(-1, *rest) for t in (q, k, v)]
 
 
-def megatron_param_names(dims: ModelDims, pp: int, pp_rank: int, spec: str = "local", lm_head: bool = True) -> list[str]:
+def megatron_param_names(dims: ModelDims, pp: int, pp_rank: int, spec: str = "local",
+                         lm_head: bool = True) -> list[str]:
+    """The names a built stage must have, to catch a converter/model mismatch before copying anything."""
     return [e.megatron for e in _stage_entries(dims, pp, pp_rank, spec, lm_head)]
 
 
@@ -186,6 +205,7 @@ def megatron_to_hf(name: str, tp_shards: list[torch.Tensor], dims: ModelDims, la
 
     The tied output layer of the last stage yields nothing: HF ties lm_head to the embedding the first stage yields.
     """
+    _check_spec(spec)
     match = _LAYER.fullmatch(name)
     if match:
         local = int(match.group(1))
