@@ -27,6 +27,9 @@ def _rank(rank, world, path, ids, returns):
         ref = build_stage(path)
         micro_batches = [{"input_ids": ids[:2]}, {"input_ids": ids[2:]}]
         logprobs = compute_logprobs(ref, micro_batches, temperature=0.7, with_entropy=True)
+        mask = (torch.arange(ids.shape[1] - 1) >= 3).float().expand(ids.shape[0], -1).clone()
+        mask[1, -2:] = 0
+        masked = compute_logprobs(ref, [{"input_ids": ids, "loss_mask": mask}], temperature=0.7, with_entropy=True)
         critic = build_stage(path, value_head=True)
         values = compute_values(critic, micro_batches)
         head = None
@@ -40,6 +43,7 @@ def _rank(rank, world, path, ids, returns):
         if ps.is_pipeline_last_stage():
             out[(tp, pp)] = {"log_probs": torch.cat([r["log_probs"] for r in logprobs]),
                              "entropy": torch.cat([r["entropy"] for r in logprobs]),
+                             "masked": masked[0], "mask": mask,
                              "values": torch.cat([v["values"] for v in values]), "head": head, "losses": losses}
     return out
 
@@ -73,6 +77,17 @@ def test_reference_logprobs_and_entropy(setup, layout):
     for r in got:
         assert (r["log_probs"] - lp).abs().max() < TOLERANCE
         assert (r["entropy"] - ent).abs().max() < TOLERANCE
+
+
+@pytest.mark.parametrize("layout", [(1, 1), (2, 2)])
+def test_lm_head_on_masked_positions_only(setup, layout):
+    path, ids, results = setup
+    lp, ent, _ = _hf_reference(path, ids)
+    for r in [r[layout] for r in results if layout in r]:
+        mask = r["mask"].bool()
+        assert (r["masked"]["log_probs"][mask] - lp[mask]).abs().max() < TOLERANCE
+        assert (r["masked"]["entropy"][mask] - ent[mask]).abs().max() < TOLERANCE
+        assert torch.all(r["masked"]["log_probs"][~mask] == 0)
 
 
 @pytest.mark.parametrize("layout", [(1, 1), (2, 2)])

@@ -4,6 +4,8 @@ real position and no attention mask is built."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
@@ -19,6 +21,32 @@ def position_ids(input_ids: torch.Tensor) -> torch.Tensor:
     return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
 
 
+@dataclass
+class OnOutput:
+    """What the last stage does with each micro-batch's output. hidden_states=True hands `fn` the final hidden
+    states [s, b, h] instead of logits, so it can run the LM head on the positions it needs only."""
+
+    fn: Callable[[torch.Tensor, MicroBatch], Any]
+    hidden_states: bool = False
+
+    def __call__(self, output, mb):
+        return self.fn(output, mb)
+
+
+@contextmanager
+def _hidden_states_only(core):
+    core.post_process = False  # GPTModel then returns the decoder's (final-normed) output
+    try:
+        yield
+    finally:
+        core.post_process = True
+
+
+def selects_positions(stage: StageModel) -> bool:
+    """The LM head can run on selected positions unless hidden states are split over TP (sequence parallel)."""
+    return not stage.value_head and not stage.core.config.sequence_parallel
+
+
 def run_schedule(
     stage: StageModel,
     micro_batches: list[MicroBatch],
@@ -30,9 +58,15 @@ def run_schedule(
     loss is back-propagated. Other stages return []."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    hidden = getattr(on_output, "hidden_states", False)
+
     def forward_step(data_iterator, model):
         mb = next(data_iterator)
-        out = model(mb["input_ids"], position_ids(mb["input_ids"]), attention_mask=None)
+        if hidden and stage.core.post_process:
+            with _hidden_states_only(stage.core):
+                out = model(mb["input_ids"], position_ids(mb["input_ids"]), attention_mask=None)
+        else:
+            out = model(mb["input_ids"], position_ids(mb["input_ids"]), attention_mask=None)
         return out, partial(_on_output, mb)
 
     def _on_output(mb, output, non_loss_data=False):
@@ -57,17 +91,46 @@ def token_logprobs(stage: StageModel, logits: torch.Tensor, input_ids: torch.Ten
                                    group=ps.get_tensor_model_parallel_group(), with_entropy=with_entropy)
 
 
+def masked_token_logprobs(stage: StageModel, hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
+                          temperature: float = 1.0, with_entropy: bool = False):
+    """Like token_logprobs, from final hidden states [s, b, h], running the LM head only where mask [b, s-1] is
+    set (response tokens); other positions get 0."""
+    from megatron.core import parallel_state as ps
+
+    core = stage.core
+    selected = mask.bool()
+    rows = hidden.transpose(0, 1)[:, :-1][selected]
+    weight = core.shared_embedding_or_output_weight() if core.share_embeddings_and_output_weights else None
+    logits, _ = core.output_layer(rows.unsqueeze(1), weight=weight)
+    if temperature != 1.0:
+        logits = logits / temperature
+    lp, ent = vocab_parallel_logprobs(logits[:, 0], input_ids[:, 1:][selected], stage.dims.vocab,
+                                      group=ps.get_tensor_model_parallel_group(), with_entropy=with_entropy)
+    zeros = torch.zeros(mask.shape, dtype=lp.dtype, device=lp.device)
+    return zeros.masked_scatter(selected, lp), None if ent is None else zeros.masked_scatter(selected, ent)
+
+
+def logprobs_fn(stage: StageModel, temperature: float, with_entropy: bool, masked: bool) -> OnOutput:
+    """(output, micro-batch) -> (log_probs, entropy); masked=True runs the LM head on mb['loss_mask'] only."""
+    if masked and selects_positions(stage):
+        return OnOutput(lambda hidden, mb: masked_token_logprobs(stage, hidden, mb["input_ids"], mb["loss_mask"],
+                                                                 temperature, with_entropy), hidden_states=True)
+    return OnOutput(lambda logits, mb: token_logprobs(stage, logits, mb["input_ids"], temperature, with_entropy))
+
+
 @torch.no_grad()
 def compute_logprobs(stage: StageModel, micro_batches: list[MicroBatch], temperature: float = 1.0,
                      with_entropy: bool = False) -> list[dict[str, torch.Tensor]]:
-    """Per micro-batch {'log_probs': [b, s-1], 'entropy': [b, s-1]?} on the last stage, [] elsewhere."""
+    """Per micro-batch {'log_probs': [b, s-1], 'entropy': [b, s-1]?} on the last stage, [] elsewhere. With a
+    'loss_mask' in every micro-batch, only those positions pay for the LM head (the rest are 0)."""
+    inner = logprobs_fn(stage, temperature, with_entropy, masked=all("loss_mask" in mb for mb in micro_batches))
 
-    def collect(logits, mb):
-        lp, ent = token_logprobs(stage, logits, mb["input_ids"], temperature, with_entropy)
+    def collect(output, mb):
+        lp, ent = inner(output, mb)
         return {"log_probs": lp} | ({"entropy": ent} if with_entropy else {})
 
     stage.module.eval()
-    return run_schedule(stage, micro_batches, collect, forward_only=True)
+    return run_schedule(stage, micro_batches, OnOutput(collect, inner.hidden_states), forward_only=True)
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ import torch
 
 from rlpost.algorithms import actor_loss, value_loss
 from rlpost.config.schema import ActorConfig, CriticConfig
-from rlpost.megatron.forward import MicroBatch, run_schedule, token_logprobs
+from rlpost.megatron.forward import MicroBatch, OnOutput, logprobs_fn, run_schedule
 from rlpost.megatron.model import StageModel
 
 
@@ -28,12 +28,13 @@ def loss_denominators(micro_batches: list[MicroBatch], dp_group=None, horizon: i
 
 
 def actor_loss_fn(stage: StageModel, cfg: ActorConfig, n_micro_batches: int, dp: int, denominators: dict,
-                  temperature: float = 1.0) -> Callable:
-    """micro-batch keys: input_ids [b, s], loss_mask / old_log_probs / advantages (/ ref_log_probs) [b, s-1]."""
+                  temperature: float = 1.0) -> OnOutput:
+    """micro-batch keys: input_ids [b, s], loss_mask / old_log_probs / advantages (/ ref_log_probs) [b, s-1].
+    The LM head runs on loss_mask positions only (response tokens)."""
+    logprobs = logprobs_fn(stage, temperature, with_entropy=cfg.entropy_coeff > 0, masked=True)
 
-    def fn(logits, mb):
-        with_entropy = cfg.entropy_coeff > 0
-        lp, ent = token_logprobs(stage, logits, mb["input_ids"], temperature, with_entropy)
+    def fn(output, mb):
+        lp, ent = logprobs(output, mb)
         loss, metrics = actor_loss(
             lp, mb["old_log_probs"], mb["advantages"], mb["loss_mask"], policy_loss=cfg.policy_loss,
             loss_agg_mode=cfg.loss_agg_mode, clip_ratio_low=cfg.clip_ratio_low, clip_ratio_high=cfg.clip_ratio_high,
@@ -43,7 +44,7 @@ def actor_loss_fn(stage: StageModel, cfg: ActorConfig, n_micro_batches: int, dp:
         )
         return loss * n_micro_batches * dp, metrics
 
-    return fn
+    return OnOutput(fn, logprobs.hidden_states)
 
 
 def critic_loss_fn(cfg: CriticConfig, n_micro_batches: int, dp: int, denominators: dict) -> Callable:
