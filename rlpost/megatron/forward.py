@@ -4,7 +4,7 @@ real position and no attention mask is built."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
@@ -55,17 +55,14 @@ def run_schedule(
 ) -> list[Any]:
     """Run the micro-batches through the pipeline. On the last stage, on_output(output, micro_batch) is called per
     micro-batch: forward-only, its results are returned in order; otherwise it returns (loss, metrics) and the
-    loss is back-propagated. Other stages return []."""
+    loss is back-propagated. Other stages return []. An OnOutput with hidden_states=True gets hidden states."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     hidden = getattr(on_output, "hidden_states", False)
 
     def forward_step(data_iterator, model):
         mb = next(data_iterator)
-        if hidden and stage.core.post_process:
-            with _hidden_states_only(stage.core):
-                out = model(mb["input_ids"], position_ids(mb["input_ids"]), attention_mask=None)
-        else:
+        with _hidden_states_only(stage.core) if hidden and stage.core.post_process else nullcontext():
             out = model(mb["input_ids"], position_ids(mb["input_ids"]), attention_mask=None)
         return out, partial(_on_output, mb)
 
