@@ -1,0 +1,1 @@
+"""Rollout: SGLang-protocol servers and client, chat templates, tool-call parsing, the agent loop."""

@@ -1,0 +1,77 @@
+"""Tool calls in the Hermes / Qwen format: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`.
+
+A rollout must never crash on what a policy writes: every malformed call becomes an error message addressed to
+the model (to be sent back as the tool turn), and well-formed calls in the same response still run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Collection
+
+from rlpost.registry import did_you_mean
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+_BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
+_FORMAT_HINT = f'Write each call as {OPEN}{{"name": "<tool name>", "arguments": {{...}}}}{CLOSE}.'
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: dict
+
+
+@dataclass
+class ParsedResponse:
+    content: str  # the text outside the tool-call blocks
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # one message per malformed call, for the model to read
+
+
+def _parse_block(body: str, number: int, known_tools: Collection[str] | None) -> ToolCall | str:
+    try:
+        call = json.loads(body)
+    except json.JSONDecodeError as e:
+        return f"Error: tool call {number} is not valid JSON ({e.msg} at character {e.pos}). {_FORMAT_HINT}"
+    if not isinstance(call, dict):
+        return f"Error: tool call {number} must be a JSON object, not {type(call).__name__}. {_FORMAT_HINT}"
+    name = call.get("name")
+    if not isinstance(name, str) or not name:
+        return f'Error: tool call {number} has no "name". {_FORMAT_HINT}'
+    if known_tools is not None and name not in known_tools:
+        return (f"Error: tool call {number} names an unknown tool '{name}'{did_you_mean(name, known_tools)}; "
+                f"available tools: {', '.join(sorted(known_tools))}.")
+    arguments = call.get("arguments", {})
+    if isinstance(arguments, str):  # some models emit the arguments object as a JSON string
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as e:
+            return f'Error: the "arguments" of tool call {number} are not valid JSON ({e.msg}). {_FORMAT_HINT}'
+    if not isinstance(arguments, dict):
+        return f'Error: the "arguments" of tool call {number} must be a JSON object. {_FORMAT_HINT}'
+    return ToolCall(name, arguments)
+
+
+def parse_tool_calls(text: str, known_tools: Collection[str] | None = None) -> ParsedResponse:
+    """Split a generated response into its text, its well-formed tool calls (in order) and error messages."""
+    parsed = ParsedResponse(content="")
+    pieces, end = [], 0
+    for number, match in enumerate(_BLOCK.finditer(text), 1):
+        pieces.append(text[end : match.start()])
+        end = match.end()
+        result = _parse_block(match.group(1).strip(), number, known_tools)
+        if isinstance(result, ToolCall):
+            parsed.tool_calls.append(result)
+        else:
+            parsed.errors.append(result)
+    rest = text[end:]
+    if OPEN in rest:
+        cut = rest.index(OPEN)
+        parsed.errors.append(f"Error: a tool call was opened with {OPEN} but never closed with {CLOSE}. {_FORMAT_HINT}")
+        rest = rest[:cut]
+    pieces.append(rest)
+    parsed.content = "".join(pieces).strip()
+    return parsed
