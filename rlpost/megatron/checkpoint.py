@@ -49,12 +49,16 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _torch_optimizers(optimizer):
+    """The torch optimizers inside megatron's (possibly chained) optimizer."""
+    return [chained.optimizer for chained in getattr(optimizer, "chained_optimizers", [optimizer])]
+
+
 def _init_empty_adam_state(optimizer) -> None:
     """A fresh optimizer has no Adam state, and megatron's distributed optimizer reads `step` from it before it
     would fill in dummies (torch AdamW fallback, i.e. without Apex/TE). Create the state torch would create lazily;
     loading overwrites all of it."""
-    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
-        inner = chained.optimizer
+    for inner in _torch_optimizers(optimizer):
         for group in inner.param_groups:
             for p in group["params"]:
                 if not inner.state[p]:
@@ -69,8 +73,8 @@ def _restore_adam_step(optimizer, loaded_optimizer: dict) -> None:
     if len(steps) != 1:
         return
     step = float(steps.pop())
-    for chained in getattr(optimizer, "chained_optimizers", [optimizer]):
-        for state in chained.optimizer.state.values():
+    for inner in _torch_optimizers(optimizer):
+        for state in inner.state.values():
             if "step" in state:
                 state["step"] = torch.tensor(step)
 

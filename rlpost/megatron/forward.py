@@ -77,32 +77,33 @@ def run_schedule(
     )
 
 
-def token_logprobs(stage: StageModel, logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0,
-                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p(x_{t+1} | x_<=t) for t < s-1 (shape [b, s-1]) from this TP rank's vocabulary slice of the logits."""
+def _scaled_logprobs(stage: StageModel, logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                     with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs at the sampling temperature, computed over the TP group's vocabulary slices."""
     from megatron.core import parallel_state as ps
 
     if temperature != 1.0:
         logits = logits / temperature
-    return vocab_parallel_logprobs(logits[:, :-1], input_ids[:, 1:], stage.dims.vocab,
-                                   group=ps.get_tensor_model_parallel_group(), with_entropy=with_entropy)
+    return vocab_parallel_logprobs(logits, targets, stage.dims.vocab, group=ps.get_tensor_model_parallel_group(),
+                                   with_entropy=with_entropy)
+
+
+def token_logprobs(stage: StageModel, logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0,
+                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(x_{t+1} | x_<=t) for t < s-1 (shape [b, s-1]) from this TP rank's vocabulary slice of the logits."""
+    return _scaled_logprobs(stage, logits[:, :-1], input_ids[:, 1:], temperature, with_entropy)
 
 
 def masked_token_logprobs(stage: StageModel, hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
                           temperature: float = 1.0, with_entropy: bool = False):
     """Like token_logprobs, from final hidden states [s, b, h], running the LM head only where mask [b, s-1] is
     set (response tokens); other positions get 0."""
-    from megatron.core import parallel_state as ps
-
     core = stage.core
     selected = mask.bool()
     rows = hidden.transpose(0, 1)[:, :-1][selected]
     weight = core.shared_embedding_or_output_weight() if core.share_embeddings_and_output_weights else None
     logits, _ = core.output_layer(rows.unsqueeze(1), weight=weight)
-    if temperature != 1.0:
-        logits = logits / temperature
-    lp, ent = vocab_parallel_logprobs(logits[:, 0], input_ids[:, 1:][selected], stage.dims.vocab,
-                                      group=ps.get_tensor_model_parallel_group(), with_entropy=with_entropy)
+    lp, ent = _scaled_logprobs(stage, logits[:, 0], input_ids[:, 1:][selected], temperature, with_entropy)
     zeros = torch.zeros(mask.shape, dtype=lp.dtype, device=lp.device)
     return zeros.masked_scatter(selected, lp), None if ent is None else zeros.masked_scatter(selected, ent)
 

@@ -56,6 +56,7 @@ class StageModel:
     tp_rank: int
     pp_rank: int
     value_head: bool = False
+    spec: str = "local"  # the layer spec the stage was built with: "te" names its norms differently
 
     @property
     def core(self) -> torch.nn.Module:
@@ -63,10 +64,6 @@ class StageModel:
         from megatron.core.distributed import DistributedDataParallel
 
         return self.module.module if isinstance(self.module, DistributedDataParallel) else self.module
-
-    @property
-    def spec(self) -> str:
-        return "te" if use_transformer_engine() else "local"
 
     @property
     def vocab_padded(self) -> int:
@@ -105,16 +102,15 @@ def build_stage(hf_dir: str | Path, dtype: str = "float32", load_weights: bool =
     hf_config = AutoConfig.from_pretrained(hf_dir)
     tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
     config = transformer_config(hf_config, tp, pp, dtype, **config_overrides)
-    dims = ModelDims.from_hf_config(hf_config)
-    if value_head and dims.tied:
+    if value_head:
         hf_config.tie_word_embeddings = False  # the critic has no LM head to tie
-        dims = ModelDims.from_hf_config(hf_config)
+    dims = ModelDims.from_hf_config(hf_config)
     module = build_gpt_model(hf_config, config, pre_process=ps.is_pipeline_first_stage(),
                              post_process=ps.is_pipeline_last_stage())
     if value_head and ps.is_pipeline_last_stage():
         module.output_layer = ValueHead(dims.hidden, config.sequence_parallel)
     stage = StageModel(module, hf_config, dims, tp, pp, ps.get_tensor_model_parallel_rank(),
-                       ps.get_pipeline_model_parallel_rank(), value_head)
+                       ps.get_pipeline_model_parallel_rank(), value_head, "te" if use_transformer_engine() else "local")
     if torch.cuda.is_available():
         module.cuda()
     if load_weights:

