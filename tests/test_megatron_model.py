@@ -17,11 +17,12 @@ def _inputs(vocab):
     return [torch.randint(0, vocab, (2, 12), generator=gen), torch.randint(0, vocab, (2, 7), generator=gen)]
 
 
-def _rank(rank, world, checkpoints):
+def _rank(rank, world, checkpoints, export_dir):
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
     from transformers import AutoModelForCausalLM
 
+    from rlpost.megatron.checkpoint import export_hf
     from rlpost.megatron.forward import run_schedule
     from rlpost.megatron.model import build_stage, stream_hf_weights
     from rlpost.megatron.parallel import setup_model_parallel
@@ -50,6 +51,8 @@ def _rank(rank, world, checkpoints):
             exported = dict(stream_hf_weights(stage))
             results[(name, tp, pp, "exported")] = sorted(exported)
             results[(name, tp, pp, "mismatch")] = [k for k, v in exported.items() if not torch.equal(v, reference[k])]
+            if name == "llama" and (tp, pp) == (2, 2):
+                export_hf(stage, export_dir, path)
             results[(name, tp, pp, "expected_names")] = sorted(k for k in reference if not (hf.config.tie_word_embeddings and k == "lm_head.weight"))
     return results
 
@@ -61,7 +64,8 @@ def results(tmp_path_factory):
                    for arch in ("llama", "qwen2", "qwen3")}
     checkpoints["llama-tied"] = str(make_tiny_checkpoint("llama", root / "tied", seed=12, initializer_range=0.2,
                                                          tie_word_embeddings=True, vocab_size=500))
-    return run_ranks(_rank, 4, checkpoints)
+    export_dir = root / "export"
+    return run_ranks(_rank, 4, checkpoints, str(export_dir)), checkpoints["llama"], export_dir
 
 
 NAMES = ["llama", "qwen2", "qwen3", "llama-tied"]
@@ -70,6 +74,7 @@ NAMES = ["llama", "qwen2", "qwen3", "llama-tied"]
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("tp,pp", LAYOUTS)
 def test_logits_match_transformers(results, name, tp, pp):
+    results, _, _ = results
     diffs = [r[(name, tp, pp, "logits")] for r in results if (name, tp, pp, "logits") in r]
     assert len(diffs) == 4 // pp  # every rank on the last stage: all TP ranks of every DP replica
     assert max(diffs) < TOLERANCE
@@ -78,8 +83,26 @@ def test_logits_match_transformers(results, name, tp, pp):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("tp,pp", LAYOUTS)
 def test_hf_megatron_hf_is_bitwise(results, name, tp, pp):
+    results, _, _ = results
     produced = set()
     for r in results:
         assert r[(name, tp, pp, "mismatch")] == []
         produced |= set(r[(name, tp, pp, "exported")])
     assert sorted(produced) == results[0][(name, tp, pp, "expected_names")]
+
+
+def test_export_from_two_pipeline_stages(results):
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    _, source, export_dir = results
+    index = json.loads((export_dir / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == ["model-00001-of-00002.safetensors",
+                                                         "model-00002-of-00002.safetensors"]
+    reference = load_file(f"{source}/model.safetensors")
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in reference.values())
+    exported = AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32).state_dict()
+    for name, tensor in reference.items():
+        assert torch.equal(exported[name], tensor), name

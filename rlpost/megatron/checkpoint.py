@@ -150,11 +150,14 @@ def export_hf(stage: StageModel, out_dir: str | Path, source_dir: str | Path) ->
     if writer:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_file(tensors, out_dir / filename, metadata={"format": "pt"})
-    names = [None] * dist.get_world_size()
-    dist.all_gather_object(names, (filename, sorted(tensors)) if writer else None)
+    stages = [None] * dist.get_world_size()
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    dist.all_gather_object(stages, (filename, sorted(tensors), size) if writer else None)
     if dist.get_rank() == 0:
-        weight_map = {name: file for entry in names if entry for file, stage_names in [entry] for name in stage_names}
-        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        weight_map, total = {}, 0
+        for file, names, stage_size in filter(None, stages):
+            weight_map.update(dict.fromkeys(names, file))
+            total += stage_size
         (out_dir / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
         for f in source_dir.iterdir():
