@@ -1,0 +1,364 @@
+"""The embedded generation engine: continuous batching over a slot KV cache on one background thread.
+
+Each step either prefills newly admitted requests (packed, sharing keys/values between identical prompts and
+reusing saved prefixes) or decodes one token for every running sequence; requests join and leave between steps.
+Everything that touches the model or the cache (weight updates, aborts, pauses, memory release) runs on the engine
+thread between steps, queued as commands, so no lock is held during a forward pass.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from rlpost.rollout.engine.kv_cache import KVCache
+from rlpost.rollout.engine.model import DecoderLM, PrefillSegment
+from rlpost.rollout.engine.prefix_cache import PrefixCache
+from rlpost.rollout.engine.request import Request, RequestError
+from rlpost.rollout.engine.sampler import RowSettings, apply_penalties, sample
+
+
+class Engine:
+    def __init__(self, model_path: str | Path, dtype: str = "bfloat16", max_running: int = 64,
+                 context_length: int | None = None, max_prefill_tokens: int = 4096,
+                 prefix_cache_tokens: int = 16384, seed: int = 0):
+        from transformers import AutoTokenizer
+
+        self.model_path = str(model_path)
+        self.model = DecoderLM.from_pretrained(model_path, dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        config_eos = self.model.config.eos_token_id
+        eos = set(config_eos if isinstance(config_eos, list) else [config_eos] if config_eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            eos.add(self.tokenizer.eos_token_id)
+        self.eos_ids = frozenset(eos)
+        self.context_length = min(context_length or self.model.max_positions, self.model.max_positions)
+        self.max_running, self.max_prefill_tokens = max_running, max_prefill_tokens
+        d = self.model.dims
+        self.cache = KVCache(d.num_layers, max_running, d.kv_heads, d.head_dim, self.model.dtype, self.context_length)
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.weight_version = "default"
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # index == cache row
+        self.paused = False
+        self.released: set[str] = set()
+        self.stats = {"steps": 0, "prefill_tokens": 0, "cached_tokens": 0, "generated_tokens": 0}
+        self._incoming: deque[Request] = deque()
+        self._commands: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="rlpost-engine", daemon=True)
+        self._thread.start()
+
+    # ---- called from any thread ----------------------------------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        self.check(request)
+        with self._wake:
+            self._incoming.append(request)
+            self._wake.notify()
+
+    def check(self, request: Request) -> None:
+        if not request.input_ids:
+            raise RequestError("the prompt is empty (no input tokens)")
+        vocab = self.model.dims.vocab
+        bad = next((t for t in request.input_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise RequestError(f"input token id {bad} is outside the vocabulary [0, {vocab})")
+        if len(request.input_ids) >= self.context_length:
+            raise RequestError(f"the prompt has {len(request.input_ids)} tokens; the context length is "
+                               f"{self.context_length}")
+        if request.logprob_start_len >= len(request.input_ids):
+            raise RequestError(f"logprob_start_len {request.logprob_start_len} is not below the prompt length "
+                               f"{len(request.input_ids)}")
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run fn on the engine thread between steps."""
+        future: Future = Future()
+        with self._wake:
+            self._commands.append((fn, future))
+            self._wake.notify()
+        return future
+
+    def shutdown(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join()
+
+    # ---- commands (run on the engine thread via call) ------------------------------------------------------------
+
+    def abort(self, rid: str | None = None, message: str = "aborted") -> int:
+        """Finish matching requests (all when rid is None) with finish_reason abort; returns how many."""
+        self._drain_incoming()
+        def hit(r: Request) -> bool:
+            return rid is None or r.rid == rid or r.rid.startswith(f"{rid}-")
+
+        waiting, running = [r for r in self.waiting if hit(r)], [r for r in self.running if hit(r)]
+        for r in waiting + running:
+            r.finish_reason = {"type": "abort", "message": message}
+        self.waiting = deque(r for r in self.waiting if not r.finished)
+        for r in waiting:
+            self._notify(r)
+        self._retire()
+        return len(waiting) + len(running)
+
+    def pause(self, mode: str) -> None:
+        if mode == "abort":
+            self.abort(message="generation paused")
+        elif mode == "retract":
+            self._drain_incoming()
+            for row in reversed(range(len(self.running))):
+                self._save_prefix(self.running[row], row)
+            self.waiting.extendleft(reversed(self.running))
+            self.running = []
+        elif mode != "in_place":
+            raise RequestError(f"pause mode '{mode}' is not one of abort, retract, in_place")
+        self.paused = True
+
+    def resume_generation(self) -> None:
+        self.paused = False
+
+    def load_weights(self, named: Iterable[tuple[str, torch.Tensor]], flush_cache: bool = True,
+                     weight_version: str | None = None) -> int:
+        if "weights" in self.released:
+            raise RequestError("weights are released; call /resume_memory_occupation first")
+        count = self.model.load_weights(named)
+        if flush_cache:
+            self.prefix_cache.clear()
+        if weight_version is not None:
+            self.weight_version = weight_version
+        return count
+
+    def flush_cache(self) -> bool:
+        """Like SGLang, refuse while requests are in flight (their keys/values are live)."""
+        if self.running or self.waiting or self._incoming:
+            return False
+        self.prefix_cache.clear()
+        return True
+
+    def release_memory(self, tags: list[str] | None) -> None:
+        tags = set(tags or ("weights", "kv_cache"))
+        unknown = tags - {"weights", "kv_cache", "cuda_graph"}
+        if unknown:
+            raise RequestError(f"unknown memory tags {sorted(unknown)}; expected weights, kv_cache, cuda_graph")
+        self._drain_incoming()
+        if self.running or self.waiting:
+            raise RequestError("requests are in flight; pause generation or wait for them before releasing memory")
+        if "kv_cache" in tags and "kv_cache" not in self.released:
+            self.cache.release()
+            self.prefix_cache.clear()
+        if "weights" in tags and "weights" not in self.released:
+            self.model.release()
+        self.released |= tags & {"weights", "kv_cache"}
+
+    def resume_memory(self, tags: list[str] | None) -> None:
+        tags = set(tags or ("weights", "kv_cache"))
+        if "weights" in tags and "weights" in self.released:
+            self.model.resume()
+        self.released -= tags
+
+    # ---- the loop ------------------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._stopping or self._commands or
+                           (not self.paused and (self._incoming or self.waiting or self.running))):
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                commands = list(self._commands)
+                self._commands.clear()
+            for fn, future in commands:
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:  # noqa: BLE001 - the caller gets the exception through its future
+                    future.set_exception(exc)
+            if self.paused:
+                continue
+            self._drain_incoming()
+            try:
+                self._step()
+            except Exception as exc:  # noqa: BLE001 - fail the batch's requests, keep serving
+                self._fail_all(f"engine error: {type(exc).__name__}: {exc}")
+
+    def _drain_incoming(self) -> None:
+        with self._wake:
+            while self._incoming:
+                self.waiting.append(self._incoming.popleft())
+
+    def _fail_all(self, message: str) -> None:
+        for r in list(self.waiting) + self.running:
+            r.finish_reason = {"type": "abort", "message": message}
+            self._notify(r)
+        self.waiting.clear()
+        self.running = []
+
+    def _step(self) -> None:
+        if "weights" in self.released or "kv_cache" in self.released:
+            self._fail_all("memory is released; call /resume_memory_occupation before generating")
+            return
+        admitted = self._admit()
+        if admitted:
+            self._prefill(admitted)
+        elif self.running:
+            self._decode()
+        self.stats["steps"] += 1
+        self._retire()
+
+    def _admit(self) -> list[Request]:
+        batch, budget = [], self.max_prefill_tokens
+        while self.waiting and len(self.running) + len(batch) < self.max_running:
+            need = self.waiting[0].length
+            if batch and need > budget:
+                break
+            batch.append(self.waiting.popleft())
+            budget -= need
+        return batch
+
+    def _prefill(self, batch: list[Request]) -> None:
+        self.cache.ensure(max(r.length for r in self.running + batch) + 1)
+        segments, tokens, copies, last_index = [], [], [], {}
+        first_with: dict[tuple[int, ...], int] = {}
+        wants: list[tuple[Request, int, list[int]]] = []  # (request, first packed index, input logprob positions)
+        packed = 0
+        rows = []
+        for req in batch:
+            row = len(self.running)
+            rows.append(row)
+            self.running.append(req)
+            ids = req.input_ids + req.output_ids
+            input_lp = req.return_logprob and req.logprob_start_len >= 0 and not req.output_ids
+            key = tuple(ids)
+            if key in first_with and not input_lp:
+                copies.append((first_with[key], row, len(ids)))
+                req.cached_tokens = len(ids)
+                continue
+            limit = len(ids) - 1 if not input_lp else max(req.logprob_start_len - 1, 0)
+            cached, saved = self.prefix_cache.match(ids, limit)
+            if cached:
+                self.cache.insert(row, saved, cached)
+            req.cached_tokens = cached
+            segments.append(PrefillSegment(row, cached, len(ids) - cached))
+            tokens.extend(ids[cached:])
+            positions = list(range(max(req.logprob_start_len, 1), len(ids))) if input_lp else []
+            wants.append((req, packed, positions, cached))
+            first_with.setdefault(key, row)
+            last_index[row] = packed + len(ids) - cached - 1
+            packed += len(ids) - cached
+        hidden_at = sorted(set(last_index.values()) | {
+            start + p - 1 - cached for req, start, positions, cached in wants for p in positions})
+        where = {p: i for i, p in enumerate(hidden_at)}
+        hidden = self.model.prefill(torch.tensor(tokens), segments, self.cache, torch.tensor(hidden_at))
+        for src, dst, length in copies:
+            self.cache.move(src, dst, length)
+            last_index[dst] = last_index[src]
+        logits = self.model.logits(hidden)
+        for req, start, positions, cached in wants:
+            if positions:
+                self._input_logprobs(req, logits[[where[start + p - 1 - cached] for p in positions]], positions)
+        self.stats["prefill_tokens"] += len(tokens)
+        self.stats["cached_tokens"] += sum(r.cached_tokens for r in batch)
+        todo = [(row, req) for row, req in zip(rows, batch) if req.params.max_new_tokens > 0]
+        for row, req in zip(rows, batch):
+            if req.params.max_new_tokens == 0:
+                req.finish_reason = {"type": "length", "length": 0}
+        if todo:
+            self._sample_and_append([req for _, req in todo], logits[[where[last_index[row]] for row, _ in todo]])
+
+    def _input_logprobs(self, req: Request, logits: torch.Tensor, positions: list[int]) -> None:
+        temperature = req.params.temperature if req.params.temperature > 0 else 1.0
+        logprobs = torch.log_softmax(logits / temperature, dim=-1)
+        targets = torch.tensor([req.input_ids[p] for p in positions])
+        values = logprobs.gather(1, targets[:, None]).squeeze(1).tolist()
+        lead = [None] if req.logprob_start_len == 0 else []
+        req.input_logprobs = lead + values
+        if req.top_logprobs_num:
+            top = logprobs.topk(req.top_logprobs_num, dim=-1)
+            req.input_top_logprobs = lead + [list(zip(v, i)) for v, i in zip(top.values.tolist(), top.indices.tolist())]
+
+    def _decode(self) -> None:
+        self.cache.ensure(max(r.length for r in self.running))
+        tokens = torch.tensor([r.output_ids[-1] for r in self.running])
+        positions = torch.tensor([r.length - 1 for r in self.running])
+        hidden = self.model.decode(tokens, positions, self.cache)
+        self._sample_and_append(list(self.running), self.model.logits(hidden))
+
+    def _sample_and_append(self, requests: list[Request], logits: torch.Tensor) -> None:
+        settings = []
+        for i, req in enumerate(requests):
+            p = req.params
+            banned = ()
+            if len(req.output_ids) < p.min_new_tokens:
+                banned = tuple(sorted(set(p.stop_token_ids or ()) | (set() if p.ignore_eos else self.eos_ids)))
+            s = RowSettings(p.temperature, p.top_p, p.top_k, p.min_p, p.frequency_penalty, p.presence_penalty,
+                            p.repetition_penalty, req.generator, banned)
+            if s.penalised:
+                apply_penalties(logits, i, s, torch.tensor(req.input_ids + req.output_ids),
+                                torch.tensor(req.output_ids, dtype=torch.long))
+            settings.append(s)
+        top_n = max(r.top_logprobs_num if r.return_logprob else 0 for r in requests)
+        tokens, logprobs, top = sample(logits, settings, self.generator, top_n)
+        tokens, logprobs = tokens.tolist(), logprobs.tolist()
+        top_lists = (top[0].tolist(), top[1].tolist()) if top is not None else None
+        for i, req in enumerate(requests):
+            req.output_ids.append(tokens[i])
+            if req.return_logprob:
+                req.output_logprobs.append(logprobs[i])
+                if req.top_logprobs_num:
+                    n = req.top_logprobs_num
+                    req.output_top_logprobs.append(list(zip(top_lists[0][i][:n], top_lists[1][i][:n])))
+            self._check_finished(req)
+            if req.stream and not req.finished:
+                self._notify(req)
+        self.stats["generated_tokens"] += len(requests)
+
+    def _check_finished(self, req: Request) -> None:
+        p, token = req.params, req.output_ids[-1]
+        if len(req.output_ids) >= p.min_new_tokens:
+            if (not p.ignore_eos and token in self.eos_ids) or token in (p.stop_token_ids or ()):
+                req.finish_reason = {"type": "stop", "matched": token}
+                return
+            if p.stop:
+                window = max(len(s) for s in p.stop) + 8
+                tail = self.tokenizer.decode(req.output_ids[-window:], skip_special_tokens=p.skip_special_tokens)
+                hit = next((s for s in p.stop if s in tail), None)
+                if hit is not None:
+                    req.finish_reason = {"type": "stop", "matched": hit}
+                    return
+        if len(req.output_ids) >= p.max_new_tokens or req.length >= self.context_length:
+            req.finish_reason = {"type": "length", "length": len(req.output_ids)}
+
+    def _retire(self) -> None:
+        """Drop finished sequences; the last running row moves into each hole so running rows stay 0..n-1."""
+        for row in reversed(range(len(self.running))):
+            req = self.running[row]
+            if not req.finished:
+                continue
+            self._save_prefix(req, row)
+            last = len(self.running) - 1
+            if row != last:
+                self.cache.move(last, row, self.running[last].length)
+                self.running[row] = self.running[last]
+            self.running.pop()
+            self._notify(req)
+
+    def _save_prefix(self, req: Request, row: int) -> None:
+        if self.prefix_cache.max_tokens and self.cache.capacity:
+            tokens = req.tokens_with_kv()
+            if self.prefix_cache.min_tokens <= len(tokens) <= self.prefix_cache.max_tokens:
+                self.prefix_cache.put(tokens, self.cache.extract(row, len(tokens)))
+
+    def _notify(self, req: Request) -> None:
+        if req.finished:
+            req.finished_at = time.time()
+        if req.on_update is not None:
+            req.on_update(req)

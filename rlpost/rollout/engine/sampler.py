@@ -1,0 +1,99 @@
+"""Batched next-token choice with per-row sampling settings.
+
+Reported log-probs are those of the temperature-scaled distribution before top-k/top-p/min-p truncation: the
+distribution the trainer recomputes from its own logits, so rollout and training log-probs are comparable.
+Rows with a seed draw from their own generator, so a seeded request's tokens do not depend on what else is in
+the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class RowSettings:
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    generator: torch.Generator | None = None
+    banned: tuple[int, ...] = ()  # token ids masked out (stop ids before min_new_tokens)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+    @property
+    def truncates(self) -> bool:
+        return self.top_p < 1.0 or self.top_k > 1 or self.min_p > 0.0
+
+    @property
+    def penalised(self) -> bool:
+        return self.frequency_penalty != 0.0 or self.presence_penalty != 0.0 or self.repetition_penalty != 1.0
+
+
+def apply_penalties(logits: torch.Tensor, row: int, settings: RowSettings, seen: torch.Tensor,
+                    generated: torch.Tensor) -> None:
+    """OpenAI frequency/presence penalties over generated tokens; repetition penalty (CTRL) over prompt and output."""
+    if generated.numel() and (settings.frequency_penalty or settings.presence_penalty):
+        counts = torch.bincount(generated, minlength=logits.shape[1])[: logits.shape[1]].float()
+        logits[row] -= settings.frequency_penalty * counts + settings.presence_penalty * (counts > 0).float()
+    if settings.repetition_penalty != 1.0 and seen.numel():
+        values = logits[row, seen]
+        logits[row, seen] = torch.where(values > 0, values / settings.repetition_penalty,
+                                        values * settings.repetition_penalty)
+
+
+def sample(logits: torch.Tensor, rows: list[RowSettings], generator: torch.Generator,
+           top_logprobs: int = 0) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """logits [n, vocab] (float32, penalties applied) -> (tokens [n], their log-probs [n], optional top-k
+    (log-probs, ids) [n, top_logprobs])."""
+    n = logits.shape[0]
+    for i, s in enumerate(rows):
+        if s.banned:
+            logits[i, list(s.banned)] = float("-inf")
+    temperature = torch.tensor([s.temperature if not s.greedy else 1.0 for s in rows], dtype=logits.dtype)
+    scaled = logits / temperature[:, None]
+    logprobs = torch.log_softmax(scaled, dim=-1)
+    tokens = torch.empty(n, dtype=torch.long)
+    greedy = [i for i, s in enumerate(rows) if s.greedy]
+    if greedy:
+        tokens[greedy] = scaled[greedy].argmax(dim=-1)
+    sampled = [i for i, s in enumerate(rows) if not s.greedy]
+    if sampled:
+        probs = logprobs[sampled].exp()
+        for j, i in enumerate(sampled):
+            if rows[i].truncates:
+                probs[j] = _truncate(probs[j], rows[i])
+        # exponential race (Gumbel-max in disguise): argmax p / E with E ~ Exp(1) samples from p
+        noise = torch.empty_like(probs)
+        shared = [j for j, i in enumerate(sampled) if rows[i].generator is None]
+        if shared:
+            noise[shared] = torch.empty(len(shared), probs.shape[1]).exponential_(generator=generator)
+        for j, i in enumerate(sampled):
+            if rows[i].generator is not None:
+                noise[j].exponential_(generator=rows[i].generator)
+        tokens[sampled] = (probs / noise).argmax(dim=-1)
+    chosen = logprobs.gather(1, tokens[:, None]).squeeze(1)
+    top = logprobs.topk(top_logprobs, dim=-1) if top_logprobs else None
+    return tokens, chosen, (top.values, top.indices) if top is not None else None
+
+
+def _truncate(probs: torch.Tensor, s: RowSettings) -> torch.Tensor:
+    sorted_probs, order = probs.sort(descending=True)
+    drop = torch.zeros_like(sorted_probs, dtype=torch.bool)
+    if s.top_k > 1:
+        drop[s.top_k:] = True
+    if s.top_p < 1.0:
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        drop |= (sorted_probs.cumsum(0) - sorted_probs) > s.top_p
+    if s.min_p > 0.0:
+        drop |= sorted_probs < s.min_p * sorted_probs[0]
+    sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+    return torch.zeros_like(probs).scatter_(0, order, sorted_probs)
