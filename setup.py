@@ -15,6 +15,8 @@ setup(
         "pyarrow>=14",
         "pyyaml>=6",
         "numpy>=1.24",
+        # HTTP for the SGLang-protocol server (embedded engine) and the async rollout client
+        "aiohttp>=3.9",
         # 0.16.1 is the newest with cp311 wheels (CPU CI); GPU images on Python 3.12 get up to 0.19.x
         "megatron-core>=0.16.1,<0.20",
     ],

@@ -44,6 +44,18 @@ def _convert_asset(args: argparse.Namespace) -> None:
     print(resolve_model_path(args.name))
 
 
+def _serve_engine(args: argparse.Namespace) -> None:
+    from rlpost.models.hf import resolve_model_path
+    from rlpost.rollout.engine.engine import Engine
+    from rlpost.rollout.engine.server import serve
+
+    engine = Engine(resolve_model_path(args.model_path), dtype=args.dtype, max_running=args.max_running_requests,
+                    context_length=args.context_length, max_prefill_tokens=args.max_prefill_tokens,
+                    prefix_cache_tokens=args.prefix_cache_tokens, seed=args.random_seed)
+    print(f"rlpost engine serving {args.model_path} on http://{args.host}:{args.port}", flush=True)
+    serve(engine, args.host, args.port, args.served_model_name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rlpost.models.gguf import MODEL_ASSETS
 
@@ -80,6 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     asset = conv_sub.add_parser("asset", help="convert a named model asset into the cache and print its path")
     asset.add_argument("name", choices=sorted(MODEL_ASSETS))
     asset.set_defaults(func=_convert_asset)
+
+    serve = sub.add_parser("serve", help="run a service")
+    serve_sub = serve.add_subparsers(dest="service", required=True)
+    # flag names follow `python -m sglang.launch_server` so launch code builds either command the same way
+    eng = serve_sub.add_parser("engine", help="the embedded generation engine behind SGLang's HTTP API")
+    eng.add_argument("--model-path", required=True, help="HF directory or model asset name")
+    eng.add_argument("--host", default="127.0.0.1")
+    eng.add_argument("--port", type=int, default=30000)
+    eng.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    eng.add_argument("--max-running-requests", type=int, default=64)
+    eng.add_argument("--context-length", type=int, default=None)
+    eng.add_argument("--max-prefill-tokens", type=int, default=4096)
+    eng.add_argument("--prefix-cache-tokens", type=int, default=16384,
+                     help="token budget for keys/values kept for multi-turn prefix reuse (0 disables)")
+    eng.add_argument("--random-seed", type=int, default=0)
+    eng.add_argument("--served-model-name", default=None)
+    eng.set_defaults(func=_serve_engine)
     return parser
 
 

@@ -1,0 +1,467 @@
+"""`rlpost serve engine`: the embedded engine behind SGLang's HTTP endpoints, field for field, so one client drives
+either. Bad requests get HTTP 400 with {"error": {"message": ...}}, as SGLang answers them.
+
+Like SGLang, /update_weights_from_tensor unpickles what it is sent: bind to loopback (the default) or a trusted
+network only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import pickle
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from aiohttp import web
+
+from rlpost.rollout.engine.engine import Engine
+from rlpost.rollout.engine.request import Request, RequestError, SamplingParams
+from rlpost.rollout.engine.weight_group import WeightUpdateGroup
+from rlpost.rollout.tool_parser import parse_tool_calls
+
+_GENERATE_FIELDS = {
+    "text", "input_ids", "sampling_params", "return_logprob", "logprob_start_len", "top_logprobs_num",
+    "return_text_in_logprobs", "stream", "rid", "log_metrics", "session_params", "lora_path", "modalities",
+    "custom_logit_processor", "return_hidden_states", "data_parallel_rank", "background", "image_data",
+    "token_ids_logprob",
+}
+_UNSUPPORTED = {"image_data", "lora_path", "custom_logit_processor", "return_hidden_states", "token_ids_logprob"}
+
+
+def _error(message: str, status: int = 400) -> web.Response:
+    return web.json_response({"error": {"message": message}}, status=status)
+
+
+async def _json(request: web.Request) -> dict:
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except json.JSONDecodeError as e:
+        raise RequestError(f"request body is not valid JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise RequestError("request body must be a JSON object")
+    return body
+
+
+class EngineServer:
+    def __init__(self, engine: Engine, served_model_name: str | None = None):
+        self.engine = engine
+        self.served_model_name = served_model_name or engine.model_path
+        self.groups: dict[str, WeightUpdateGroup] = {}
+        self.app = web.Application(client_max_size=1 << 30, middlewares=[self._errors])
+        get, post = ("GET",), ("POST",)
+        both = ("GET", "POST")
+        for path, handler, methods in [
+            ("/generate", self.generate, post), ("/health", self.health, get),
+            ("/health_generate", self.health_generate, get), ("/get_model_info", self.model_info, get),
+            ("/model_info", self.model_info, get), ("/get_server_info", self.server_info, get),
+            ("/flush_cache", self.flush_cache, both), ("/update_weights_from_tensor", self.update_from_tensor, post),
+            ("/update_weights_from_disk", self.update_from_disk, post),
+            ("/init_weights_update_group", self.init_group, post),
+            ("/update_weights_from_distributed", self.update_from_distributed, post),
+            ("/destroy_weights_update_group", self.destroy_group, post),
+            ("/release_memory_occupation", self.release_memory, post),
+            ("/resume_memory_occupation", self.resume_memory, post),
+            ("/pause_generation", self.pause, post), ("/continue_generation", self.continue_generation, post),
+            ("/abort_request", self.abort, post), ("/get_weight_version", self.weight_version, get),
+            ("/v1/chat/completions", self.chat_completions, post), ("/v1/models", self.models, get),
+        ]:
+            for method in methods:
+                self.app.router.add_route(method, path, handler)
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler):
+        try:
+            return await handler(request)
+        except RequestError as e:
+            return _error(str(e))
+        except (KeyError, ValueError, TypeError) as e:
+            return _error(f"{type(e).__name__}: {e}")
+
+    async def _on_engine(self, fn) -> Any:
+        return await asyncio.wrap_future(self.engine.call(fn))
+
+    # ---- generation ----------------------------------------------------------------------------------------------
+
+    def _requests(self, body: dict) -> tuple[list[Request], bool]:
+        """The engine requests of one /generate body, and whether the body was a batch."""
+        unknown = sorted(set(body) - _GENERATE_FIELDS)
+        if unknown:
+            raise RequestError(f"unknown field '{unknown[0]}' in /generate request")
+        unsupported = sorted(k for k in _UNSUPPORTED if body.get(k))
+        if unsupported:
+            raise RequestError(f"'{unsupported[0]}' is not supported by the embedded engine")
+        text, ids = body.get("text"), body.get("input_ids")
+        if (text is None) == (ids is None):
+            raise RequestError("give exactly one of 'text' and 'input_ids'")
+        if text is not None:
+            batch = isinstance(text, list)
+            texts = text if batch else [text]
+            if not all(isinstance(t, str) for t in texts):
+                raise RequestError("'text' must be a string or a list of strings")
+            prompts = [self.engine.tokenizer(t)["input_ids"] for t in texts]
+        else:
+            batch = bool(ids) and isinstance(ids[0], list)
+            prompts = ids if batch else [ids]
+            if not all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompts):
+                raise RequestError("'input_ids' must be a list of token ids or a list of such lists")
+        per_prompt = body.get("sampling_params") or {}
+        params_list = per_prompt if isinstance(per_prompt, list) else [per_prompt] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise RequestError(f"{len(params_list)} sampling_params for {len(prompts)} prompts")
+        rids = body.get("rid")
+        rids = rids if isinstance(rids, list) else [rids] * len(prompts) if not batch or rids is None else None
+        if rids is None or len(rids) != len(prompts):
+            raise RequestError("'rid' of a batch must be a list with one id per prompt")
+
+        def per(name: str, default):
+            value = body.get(name, default)
+            return value if isinstance(value, list) else [value] * len(prompts)
+
+        return_logprob, start, top_n = per("return_logprob", False), per("logprob_start_len", -1), per(
+            "top_logprobs_num", 0)
+        requests = []
+        for i, prompt in enumerate(prompts):
+            params = SamplingParams.from_json(params_list[i])
+            base = rids[i] or uuid.uuid4().hex
+            for j in range(params.n):
+                seed = params.sampling_seed
+                req = Request(
+                    rid=base if params.n == 1 else f"{base}-{j}", input_ids=list(prompt), params=params,
+                    return_logprob=bool(return_logprob[i]), logprob_start_len=int(start[i]),
+                    top_logprobs_num=int(top_n[i]), stream=bool(body.get("stream")),
+                    generator=torch.Generator().manual_seed(seed + j) if seed is not None else None,
+                    weight_version=self.engine.weight_version,
+                )
+                self.engine.check(req)
+                requests.append(req)
+        return requests, batch or len(requests) > 1
+
+    def _output(self, req: Request, text_in_logprobs: bool) -> dict:
+        tok = self.engine.tokenizer
+        text = tok.decode(req.output_ids, skip_special_tokens=req.params.skip_special_tokens)
+        matched = (req.finish_reason or {}).get("matched")
+        if isinstance(matched, str) and not req.params.no_stop_trim and matched in text:
+            text = text[: text.index(matched)]
+        meta = {
+            "id": req.rid, "finish_reason": req.finish_reason, "prompt_tokens": len(req.input_ids),
+            "weight_version": req.weight_version, "completion_tokens": len(req.output_ids),
+            "cached_tokens": req.cached_tokens,
+            "e2e_latency": (req.finished_at or time.time()) - req.created,
+        }
+        if req.return_logprob:
+            def triples(values, ids):
+                return [[v, t, tok.decode([t]) if text_in_logprobs else None] for v, t in zip(values, ids)]
+
+            def tops(rows):
+                return [None if row is None else triples([v for v, _ in row], [t for _, t in row]) for row in rows]
+
+            start = max(req.logprob_start_len, 0)
+            meta["input_token_logprobs"] = triples(req.input_logprobs, req.input_ids[start:])
+            meta["output_token_logprobs"] = triples(req.output_logprobs, req.output_ids)
+            if req.top_logprobs_num:
+                meta["input_top_logprobs"] = tops(req.input_top_logprobs)
+                meta["output_top_logprobs"] = tops(req.output_top_logprobs)
+        return {"text": text, "output_ids": list(req.output_ids), "meta_info": meta}
+
+    def _track(self, requests: list[Request]) -> asyncio.Queue:
+        """Route engine-thread updates of these requests into an asyncio queue on this loop."""
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        for index, req in enumerate(requests):
+            req.on_update = lambda r, i=index: loop.call_soon_threadsafe(queue.put_nowait, (i, r.finished))
+        return queue
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        body = await _json(request)
+        requests, batch = self._requests(body)
+        text_in_logprobs = bool(body.get("return_text_in_logprobs", False))
+        queue = self._track(requests)
+        if body.get("stream"):
+            return await self._stream(request, requests, batch, queue, text_in_logprobs)
+        for req in requests:
+            self.engine.submit(req)
+        try:
+            remaining = len(requests)
+            while remaining:
+                _, finished = await queue.get()
+                remaining -= finished
+        except asyncio.CancelledError:  # the client went away: free the rows
+            for req in requests:
+                self.engine.call(lambda rid=req.rid: self.engine.abort(rid, "client disconnected"))
+            raise
+        outputs = [self._output(r, text_in_logprobs) for r in requests]
+        return web.json_response(outputs if batch else outputs[0])
+
+    async def _stream(self, request, requests, batch, queue, text_in_logprobs) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        for req in requests:
+            self.engine.submit(req)
+        remaining, sent = len(requests), [0] * len(requests)
+        try:
+            while remaining:
+                index, finished = await queue.get()
+                req = requests[index]
+                if len(req.output_ids) == sent[index] and not finished:
+                    continue
+                sent[index] = len(req.output_ids)
+                chunk = self._output(req, text_in_logprobs)
+                if batch:
+                    chunk["index"] = index
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                remaining -= finished
+            await response.write(b"data: [DONE]\n\n")
+        except (asyncio.CancelledError, ConnectionResetError):
+            for req in requests:
+                self.engine.call(lambda rid=req.rid: self.engine.abort(rid, "client disconnected"))
+            raise
+        return response
+
+    async def chat_completions(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        messages, tools = body.get("messages"), body.get("tools")
+        if not isinstance(messages, list) or not messages:
+            raise RequestError("'messages' must be a non-empty list")
+        if body.get("stream"):
+            raise RequestError("streaming chat completions are not supported by the embedded engine")
+        tok = self.engine.tokenizer
+        if not tok.chat_template:
+            raise RequestError(f"the model's tokenizer ({self.engine.model_path}) has no chat template")
+        tool_choice = body.get("tool_choice", "auto")
+        use_tools = tools if tools and tool_choice != "none" else None
+        prompt = tok.apply_chat_template(messages, tools=use_tools, add_generation_prompt=True, tokenize=False)
+        stop = body.get("stop")
+        params = SamplingParams.from_json({
+            "max_new_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or
+            self.engine.context_length, "temperature": body.get("temperature", 1.0), "top_p": body.get("top_p", 1.0),
+            "top_k": body.get("top_k", -1), "min_p": body.get("min_p", 0.0), "n": body.get("n", 1),
+            "stop": [stop] if isinstance(stop, str) else stop, "sampling_seed": body.get("seed"),
+            "frequency_penalty": body.get("frequency_penalty", 0.0),
+            "presence_penalty": body.get("presence_penalty", 0.0),
+            "skip_special_tokens": body.get("skip_special_tokens", True),
+        })
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        params.max_new_tokens = min(params.max_new_tokens, self.engine.context_length - len(ids))
+        logprobs, top_n = bool(body.get("logprobs")), int(body.get("top_logprobs") or 0)
+        base = uuid.uuid4().hex
+        requests = [
+            Request(rid=f"{base}-{j}", input_ids=ids, params=params, return_logprob=logprobs, top_logprobs_num=top_n,
+                    generator=torch.Generator().manual_seed(params.sampling_seed + j)
+                    if params.sampling_seed is not None else None, weight_version=self.engine.weight_version)
+            for j in range(params.n)
+        ]
+        for req in requests:
+            self.engine.check(req)
+        queue = self._track(requests)
+        for req in requests:
+            self.engine.submit(req)
+        remaining = len(requests)
+        while remaining:
+            _, finished = await queue.get()
+            remaining -= finished
+        known = [t["function"]["name"] for t in tools or [] if isinstance(t, dict) and "function" in t]
+        choices = [self._choice(j, req, use_tools is not None, known) for j, req in enumerate(requests)]
+        completion = sum(len(r.output_ids) for r in requests)
+        return web.json_response({
+            "id": base, "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model") or self.served_model_name, "choices": choices,
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": completion,
+                      "total_tokens": len(ids) + completion},
+        })
+
+    def _choice(self, index: int, req: Request, parse_tools: bool, known: list[str]) -> dict:
+        tok = self.engine.tokenizer
+        text = self._output(req, False)["text"]
+        message: dict[str, Any] = {"role": "assistant", "content": text, "reasoning_content": None,
+                                   "tool_calls": None}
+        finish = req.finish_reason["type"]
+        if parse_tools:
+            parsed = parse_tool_calls(text)
+            if parsed.tool_calls:
+                message["content"] = parsed.content or None
+                message["tool_calls"] = [
+                    {"id": f"call_{uuid.uuid4().hex[:24]}", "index": k, "type": "function",
+                     "function": {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
+                    for k, call in enumerate(parsed.tool_calls)
+                ]
+                finish = "tool_calls" if finish == "stop" else finish
+        logprobs = None
+        if req.return_logprob:
+            logprobs = {"content": [
+                {"token": tok.decode([t]), "logprob": lp, "bytes": list(tok.decode([t]).encode()),
+                 "top_logprobs": [{"token": tok.decode([i]), "logprob": v, "bytes": list(tok.decode([i]).encode())}
+                                  for v, i in (req.output_top_logprobs[k] if req.top_logprobs_num else [])]}
+                for k, (t, lp) in enumerate(zip(req.output_ids, req.output_logprobs))
+            ]}
+        matched = req.finish_reason.get("matched")
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish,
+                "matched_stop": matched if finish != "length" else None}
+
+    # ---- status --------------------------------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def health_generate(self, request: web.Request) -> web.Response:
+        req = Request(rid=f"health-{uuid.uuid4().hex}", input_ids=[0], params=SamplingParams(max_new_tokens=1))
+        queue = self._track([req])
+        self.engine.submit(req)
+        await asyncio.wait_for(queue.get(), timeout=60)
+        if req.finish_reason["type"] == "abort":
+            return web.Response(status=503, text=req.finish_reason.get("message", "unhealthy"))
+        return web.Response(status=200)
+
+    async def model_info(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "model_path": self.engine.model_path, "tokenizer_path": self.engine.model_path, "is_generation": True,
+            "preferred_sampling_params": None, "weight_version": self.engine.weight_version,
+            "has_image_understanding": False, "has_audio_understanding": False,
+        })
+
+    async def server_info(self, request: web.Request) -> web.Response:
+        e = self.engine
+        return web.json_response({
+            "model_path": e.model_path, "dtype": str(e.model.dtype).removeprefix("torch."), "tp_size": 1,
+            "context_length": e.context_length, "max_running_requests": e.max_running,
+            "max_prefill_tokens": e.max_prefill_tokens, "prefix_cache_tokens": e.prefix_cache.max_tokens,
+            "weight_version": e.weight_version, "engine": "rlpost-embedded", "internal_states": [dict(e.stats)],
+        })
+
+    async def weight_version(self, request: web.Request) -> web.Response:
+        return web.json_response({"weight_version": self.engine.weight_version})
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": self.served_model_name, "object": "model", "created": int(time.time()), "owned_by": "rlpost",
+             "root": self.served_model_name, "max_model_len": self.engine.context_length}]})
+
+    async def flush_cache(self, request: web.Request) -> web.Response:
+        if await self._on_engine(self.engine.flush_cache):
+            return web.Response(text="Cache flushed.\n", status=200)
+        return web.Response(text="Cache not flushed: requests are in flight.\n", status=400)
+
+    # ---- weights -------------------------------------------------------------------------------------------------
+
+    def _result(self, success: bool, message: str, **extra) -> web.Response:
+        return web.json_response({"success": success, "message": message, **extra}, status=200 if success else 400)
+
+    async def _update(self, body: dict, named, what: str) -> web.Response:
+        if body.get("abort_all_requests"):
+            await self._on_engine(lambda: self.engine.abort(message="aborted for a weight update"))
+        try:
+            count = await self._on_engine(lambda: self.engine.load_weights(
+                named() if callable(named) else named, bool(body.get("flush_cache", True)),
+                body.get("weight_version")))
+        except (KeyError, ValueError, RuntimeError) as e:
+            return self._result(False, f"Failed to update weights from {what}: {e}")
+        return self._result(True, f"Succeeded to update {count} weights from {what}.")
+
+    async def update_from_tensor(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        serialized = body.get("serialized_named_tensors")
+        if not isinstance(serialized, list) or len(serialized) != 1:
+            raise RequestError("'serialized_named_tensors' must be a list with one entry per TP rank (the embedded "
+                               "engine has tp_size 1)")
+        if body.get("load_format") not in (None, "direct"):
+            raise RequestError(f"load_format '{body['load_format']}' is not supported; use null or 'direct'")
+        try:
+            named = pickle.loads(base64.b64decode(serialized[0]))
+        except Exception as e:  # noqa: BLE001 - any decoding failure is the request's fault
+            raise RequestError(f"serialized_named_tensors[0] does not decode to named tensors: {e}") from e
+        if not isinstance(named, list) or not all(
+                isinstance(x, (list, tuple)) and len(x) == 2 and isinstance(x[1], torch.Tensor) for x in named):
+            raise RequestError("serialized_named_tensors[0] must decode to a list of (name, tensor) pairs")
+        return await self._update(body, named, "tensor")
+
+    async def update_from_disk(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        path = body.get("model_path")
+        if not isinstance(path, str) or not (Path(path) / "config.json").is_file():
+            return self._result(False, f"Failed to update weights from disk: '{path}' is not a model directory")
+        from rlpost.models.safetensors_dir import SafetensorsDir
+
+        reader = SafetensorsDir(path)
+        known = set(self.engine.model._table)
+        response = await self._update(body, lambda: ((n, reader.get(n)) for n in reader.files if n in known), "disk")
+        payload = json.loads(response.body)
+        if payload["success"]:
+            self.engine.model_path = path
+        return web.json_response({**payload, "num_paused_requests": 0}, status=response.status)
+
+    async def init_group(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        name = body.get("group_name", "weight_update_group")
+        missing = [k for k in ("master_address", "master_port", "rank_offset", "world_size") if k not in body]
+        if missing:
+            raise RequestError(f"/init_weights_update_group needs {', '.join(missing)}")
+        if body.get("backend", "gloo") not in ("gloo", "nccl"):
+            raise RequestError(f"backend '{body['backend']}' is not one of gloo, nccl")
+        if name in self.groups:
+            return self._result(False, f"weight update group '{name}' already exists")
+        try:
+            group = await asyncio.to_thread(
+                WeightUpdateGroup, body["master_address"], int(body["master_port"]), int(body["rank_offset"]),
+                int(body["world_size"]), name)
+        except Exception as e:  # noqa: BLE001 - reported to the caller, as SGLang does
+            return self._result(False, f"Failed to init group: {type(e).__name__}: {e}")
+        self.groups[name] = group
+        return self._result(True, f"Succeeded to initialize custom process group '{name}'.")
+
+    async def update_from_distributed(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        name = body.get("group_name", "weight_update_group")
+        if name not in self.groups:
+            raise RequestError(f"no weight update group '{name}'; call /init_weights_update_group first")
+        names, dtypes, shapes = body.get("names"), body.get("dtypes"), body.get("shapes")
+        if not (isinstance(names, list) and isinstance(dtypes, list) and isinstance(shapes, list)
+                and len(names) == len(dtypes) == len(shapes)):
+            raise RequestError("'names', 'dtypes' and 'shapes' must be lists of equal length")
+        group = self.groups[name]
+        return await self._update(body, lambda: group.receive(names, dtypes, shapes), "distributed")
+
+    async def destroy_group(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        name = body.get("group_name", "weight_update_group")
+        group = self.groups.pop(name, None)
+        if group is None:
+            return self._result(False, f"no weight update group '{name}'")
+        group.close()
+        return self._result(True, f"Succeeded to destroy custom process group '{name}'.")
+
+    # ---- memory and flow -----------------------------------------------------------------------------------------
+
+    async def release_memory(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        await self._on_engine(lambda: self.engine.release_memory(body.get("tags")))
+        return web.Response(status=200)
+
+    async def resume_memory(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        await self._on_engine(lambda: self.engine.resume_memory(body.get("tags")))
+        return web.Response(status=200)
+
+    async def pause(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        await self._on_engine(lambda: self.engine.pause(body.get("mode", "abort")))
+        return web.json_response({"message": "Generation paused successfully.", "status": "ok"})
+
+    async def continue_generation(self, request: web.Request) -> web.Response:
+        await self._on_engine(self.engine.resume_generation)
+        return web.json_response({"message": "Generation continued successfully.", "status": "ok"})
+
+    async def abort(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        rid = None if body.get("abort_all") else body.get("rid")
+        if rid is None and not body.get("abort_all"):
+            raise RequestError("give 'rid' or 'abort_all': true")
+        await self._on_engine(lambda: self.engine.abort(rid))
+        return web.Response(status=200)
+
+
+def serve(engine: Engine, host: str = "127.0.0.1", port: int = 30000, served_model_name: str | None = None) -> None:
+    web.run_app(EngineServer(engine, served_model_name).app, host=host, port=port, print=None,
+                handle_signals=True)
