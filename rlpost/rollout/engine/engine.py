@@ -79,6 +79,19 @@ class Engine:
             raise RequestError(f"logprob_start_len {request.logprob_start_len} is not below the prompt length "
                                f"{len(request.input_ids)}")
 
+    def run(self, requests: list[Request], timeout_s: float | None = None) -> list[Request]:
+        """Submit and block until all finish (for in-process use: tests, benchmarks); on_update is taken over."""
+        done = threading.Semaphore(0)
+        for req in requests:
+            req.on_update = lambda r: done.release() if r.finished else None
+            self.submit(req)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for _ in requests:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not done.acquire(timeout=left):
+                raise TimeoutError(f"requests not finished after {timeout_s}s")
+        return requests
+
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run fn on the engine thread between steps."""
         future: Future = Future()

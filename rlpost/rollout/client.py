@@ -1,0 +1,277 @@
+"""Async client for SGLang-protocol servers (SGLang itself or rlpost's embedded engine).
+
+One pooled HTTP session for all servers; requests go to the server with the fewest outstanding requests, except that
+a conversation (session id) sticks to the server that holds its prefix cache. Connection failures are retried with
+exponential backoff; HTTP errors are not (they are the request's fault) and raise ServerError with the server's
+message. Weight pushes go to every server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import itertools
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, AsyncIterator, Iterable
+
+import aiohttp
+import torch
+
+log = logging.getLogger(__name__)
+_RETRYABLE = (aiohttp.ClientConnectionError, asyncio.TimeoutError)
+
+
+class ServerError(RuntimeError):
+    def __init__(self, url: str, path: str, status: int, message: str):
+        super().__init__(f"{url}{path} answered HTTP {status}: {message}")
+        self.url, self.path, self.status, self.message = url, path, status, message
+
+
+def serialize_named_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """SGLang's wire form for /update_weights_from_tensor: base64 of a ForkingPickler dump, so tensors travel as
+    shared-memory (CPU) or IPC (CUDA) handles rather than bytes. Valid while the sender keeps the tensors alive.
+
+    CPU tensors go through named shared-memory files: the default file-descriptor strategy hands fds over a socket
+    that only processes sharing a multiprocessing auth key (parent and children) may use, and a server is not one."""
+    import torch.multiprocessing as mp
+
+    previous = mp.get_sharing_strategy()
+    mp.set_sharing_strategy("file_system")
+    try:
+        buffer = io.BytesIO()
+        ForkingPickler(buffer).dump(list(named))
+    finally:
+        mp.set_sharing_strategy(previous)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@dataclass
+class _Server:
+    url: str
+    outstanding: int = 0
+    healthy: bool = True
+
+
+class SGLangClient:
+    def __init__(self, urls: list[str], timeout_s: float = 3600.0, connect_timeout_s: float = 10.0,
+                 max_retries: int = 3, backoff_s: float = 0.5, max_connections: int = 1024,
+                 max_sessions: int = 100_000):
+        if not urls:
+            raise ValueError("SGLangClient needs at least one server URL")
+        self.servers = [_Server(u.rstrip("/")) for u in urls]
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        self.max_retries, self.backoff_s = max_retries, backoff_s
+        self.max_connections, self.max_sessions = max_connections, max_sessions
+        self._sticky: OrderedDict[str, _Server] = OrderedDict()
+        self._round = itertools.count()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "SGLangClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self.timeout, connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ---- routing -------------------------------------------------------------------------------------------------
+
+    def pick(self, session_id: str | None = None) -> _Server:
+        if session_id is not None and session_id in self._sticky and self._sticky[session_id].healthy:
+            self._sticky.move_to_end(session_id)
+            return self._sticky[session_id]
+        healthy = [s for s in self.servers if s.healthy] or self.servers
+        fewest = min(s.outstanding for s in healthy)
+        candidates = [s for s in healthy if s.outstanding == fewest]
+        server = candidates[next(self._round) % len(candidates)]
+        if session_id is not None:
+            self._sticky[session_id] = server
+            if len(self._sticky) > self.max_sessions:
+                self._sticky.popitem(last=False)
+        return server
+
+    def end_session(self, session_id: str) -> None:
+        self._sticky.pop(session_id, None)
+
+    # ---- transport -----------------------------------------------------------------------------------------------
+
+    async def request(self, server: _Server | str, path: str, payload: dict | None = None,
+                      method: str = "POST") -> Any:
+        """One call with retries on connection errors; the JSON answer (or text, or None for an empty body)."""
+        server = server if isinstance(server, _Server) else self._server(server)
+        server.outstanding += 1
+        try:
+            for attempt in range(self.max_retries + 1):
+                try:
+                    async with self.session.request(method, server.url + path, json=payload) as response:
+                        body = await response.read()
+                        if response.status >= 400:
+                            raise ServerError(server.url, path, response.status, _message(body))
+                        server.healthy = True
+                        return _decode(body)
+                except _RETRYABLE as e:
+                    if attempt == self.max_retries:
+                        server.healthy = False
+                        raise ConnectionError(f"{server.url}{path} unreachable after {attempt + 1} tries: "
+                                              f"{type(e).__name__}: {e}") from e
+                    delay = self.backoff_s * 2 ** attempt
+                    log.warning("%s%s: %s; retrying in %.1fs", server.url, path, type(e).__name__, delay)
+                    await asyncio.sleep(delay)
+        finally:
+            server.outstanding -= 1
+
+    def _server(self, url: str) -> _Server:
+        url = url.rstrip("/")
+        for s in self.servers:
+            if s.url == url:
+                return s
+        raise ValueError(f"'{url}' is not one of this client's servers: {[s.url for s in self.servers]}")
+
+    async def broadcast(self, path: str, payload: dict | None = None, method: str = "POST") -> list[Any]:
+        return list(await asyncio.gather(*(self.request(s, path, payload, method) for s in self.servers)))
+
+    async def wait_healthy(self, timeout_s: float = 600.0, interval_s: float = 0.5) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = list(self.servers)
+        while pending:
+            still = []
+            for server in pending:
+                try:
+                    async with self.session.get(server.url + "/health",
+                                                timeout=aiohttp.ClientTimeout(total=5)) as response:
+                        if response.status != 200:
+                            still.append(server)
+                except _RETRYABLE:
+                    still.append(server)
+            pending = still
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"servers not healthy after {timeout_s:.0f}s: {[s.url for s in pending]}")
+            if pending:
+                await asyncio.sleep(interval_s)
+        for server in self.servers:
+            server.healthy = True
+
+    # ---- generation ----------------------------------------------------------------------------------------------
+
+    async def generate(self, input_ids: list[int] | None = None, sampling_params: dict | None = None, *,
+                       text: str | None = None, return_logprob: bool = False, session_id: str | None = None,
+                       **fields) -> dict | list[dict]:
+        payload = {"sampling_params": sampling_params or {}, "return_logprob": return_logprob, **fields}
+        payload.update({"input_ids": input_ids} if text is None else {"text": text})
+        return await self.request(self.pick(session_id), "/generate", payload)
+
+    async def generate_stream(self, input_ids: list[int], sampling_params: dict | None = None, *,
+                              session_id: str | None = None, **fields) -> AsyncIterator[dict]:
+        """Yields each streamed chunk; a dropped connection is not retried (tokens were already delivered)."""
+        server = self.pick(session_id)
+        payload = {"input_ids": input_ids, "sampling_params": sampling_params or {}, "stream": True, **fields}
+        server.outstanding += 1
+        try:
+            async with self.session.post(server.url + "/generate", json=payload) as response:
+                if response.status >= 400:
+                    raise ServerError(server.url, "/generate", response.status, _message(await response.read()))
+                async for line in response.content:
+                    line = line.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        return
+                    yield json.loads(data)
+        finally:
+            server.outstanding -= 1
+
+    async def chat(self, messages: list[dict], *, session_id: str | None = None, **fields) -> dict:
+        return await self.request(self.pick(session_id), "/v1/chat/completions", {"messages": messages, **fields})
+
+    async def abort(self, rid: str | None = None) -> None:
+        await self.broadcast("/abort_request", {"rid": rid or "", "abort_all": rid is None})
+
+    # ---- weights and memory ----------------------------------------------------------------------------------------
+
+    async def update_weights_from_tensor(self, named: list[tuple[str, torch.Tensor]], flush_cache: bool = True,
+                                         weight_version: str | None = None) -> list[dict]:
+        payload = {"serialized_named_tensors": [serialize_named_tensors(named)], "load_format": None,
+                   "flush_cache": flush_cache, "weight_version": weight_version}
+        return _checked(await self.broadcast("/update_weights_from_tensor", payload))
+
+    async def update_weights_from_disk(self, model_path: str, weight_version: str | None = None) -> list[dict]:
+        return _checked(await self.broadcast("/update_weights_from_disk",
+                                             {"model_path": model_path, "weight_version": weight_version}))
+
+    async def init_weights_update_group(self, master_address: str, master_port: int, world_size: int,
+                                        group_name: str = "weight_update_group", backend: str = "gloo") -> list[dict]:
+        """Every server joins one group with the caller at rank 0 (server i at rank 1 + i; tp_size 1 each)."""
+        calls = [
+            self.request(s, "/init_weights_update_group", {
+                "master_address": master_address, "master_port": master_port, "rank_offset": 1 + i,
+                "world_size": world_size, "group_name": group_name, "backend": backend})
+            for i, s in enumerate(self.servers)
+        ]
+        return _checked(list(await asyncio.gather(*calls)))
+
+    async def update_weights_from_distributed(self, names: list[str], dtypes: list[str], shapes: list[list[int]],
+                                              group_name: str = "weight_update_group", flush_cache: bool = True,
+                                              weight_version: str | None = None) -> list[dict]:
+        payload = {"names": names, "dtypes": dtypes, "shapes": shapes, "group_name": group_name,
+                   "flush_cache": flush_cache, "weight_version": weight_version}
+        return _checked(await self.broadcast("/update_weights_from_distributed", payload))
+
+    async def release_memory(self, tags: list[str] | None = None) -> None:
+        await self.broadcast("/release_memory_occupation", {"tags": tags})
+
+    async def resume_memory(self, tags: list[str] | None = None) -> None:
+        await self.broadcast("/resume_memory_occupation", {"tags": tags})
+
+    async def pause(self, mode: str = "abort") -> None:
+        await self.broadcast("/pause_generation", {"mode": mode})
+
+    async def resume(self) -> None:
+        await self.broadcast("/continue_generation", {})
+
+    async def flush_cache(self) -> None:
+        await self.broadcast("/flush_cache", {})
+
+
+def _decode(body: bytes) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError:
+        return body.decode(errors="replace")
+
+
+def _message(body: bytes) -> str:
+    data = _decode(body)
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and "message" in error:
+            return str(error["message"])
+        for key in ("message", "detail"):
+            if key in data:
+                return str(data[key])
+    return str(data)
+
+
+def _checked(results: list[dict]) -> list[dict]:
+    failed = [r for r in results if not (isinstance(r, dict) and r.get("success"))]
+    if failed:
+        raise RuntimeError(f"weight update failed: {failed[0]}")
+    return results

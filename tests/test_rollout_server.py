@@ -1,0 +1,295 @@
+"""Contract test: the async client against `rlpost serve engine` (started by the launcher, as a real process) on
+every endpoint, with SGLang's field names."""
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from rlpost.models.safetensors_dir import SafetensorsDir
+from rlpost.rollout.client import ServerError, SGLangClient
+from rlpost.rollout.engine.weight_group import broadcast, new_group
+from rlpost.rollout.launcher import ServerProcess, ServerSpec, server_command
+from rlpost.testing.checkpoints import make_tiny_checkpoint
+from rlpost.testing.distributed import free_port
+
+GREEDY = {"max_new_tokens": 8, "temperature": 0.0}
+PROMPT = [15, 27, 99, 140, 200, 33]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("server_models")
+    return make_tiny_checkpoint("qwen2", root / "base"), make_tiny_checkpoint("qwen2", root / "other", seed=1)
+
+
+@pytest.fixture(scope="module")
+def server(models, tmp_path_factory):
+    spec = ServerSpec(str(models[0]), port=free_port(), dtype="float32", max_running_requests=16)
+    with ServerProcess(spec, tmp_path_factory.mktemp("logs") / "server.log") as process:
+        process.wait_healthy(timeout_s=120)
+        yield process
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def greedy_ids(client, prompt=PROMPT):
+    return (await client.generate(prompt, GREEDY))["output_ids"]
+
+
+def reference_greedy(path, prompt=PROMPT, n=8):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+
+
+def test_generate_fields_batches_n_and_logprobs(server):
+    async def go():
+        async with SGLangClient([server.spec.url]) as client:
+            single = await client.generate(PROMPT, {"max_new_tokens": 5, "ignore_eos": True}, return_logprob=True,
+                                           logprob_start_len=0, return_text_in_logprobs=True, rid="one")
+            batch = await client.generate([PROMPT, PROMPT[:3]], {"max_new_tokens": 3, "n": 2})
+            text = await client.generate(text="How many apples?", sampling_params={"max_new_tokens": 2})
+            return single, batch, text
+
+    single, batch, text = run(go())
+    meta = single["meta_info"]
+    assert set(single) == {"text", "output_ids", "meta_info"} and len(single["output_ids"]) == 5
+    assert meta["id"] == "one" and meta["finish_reason"] == {"type": "length", "length": 5}
+    assert (meta["prompt_tokens"], meta["completion_tokens"]) == (len(PROMPT), 5)
+    assert {"cached_tokens", "e2e_latency", "weight_version"} <= set(meta)
+    assert [t[1] for t in meta["output_token_logprobs"]] == single["output_ids"]
+    assert all(isinstance(t[0], float) and isinstance(t[2], str) for t in meta["output_token_logprobs"])
+    assert meta["input_token_logprobs"][0][0] is None and len(meta["input_token_logprobs"]) == len(PROMPT)
+    assert isinstance(batch, list) and len(batch) == 4 and all(len(b["output_ids"]) <= 3 for b in batch)
+    assert text["meta_info"]["prompt_tokens"] > 0 and len(text["output_ids"]) <= 2
+
+
+def test_greedy_output_matches_transformers_over_http(server, models):
+    assert run(_with_client(server, greedy_ids)) == reference_greedy(models[0])
+
+
+async def _with_client(server, fn, *args):
+    async with SGLangClient([server.spec.url]) as client:
+        return await fn(client, *args)
+
+
+def test_streaming_sends_growing_chunks_then_done(server):
+    async def go(client):
+        return [chunk async for chunk in client.generate_stream(PROMPT, {"max_new_tokens": 4, "ignore_eos": True})]
+
+    chunks = run(_with_client(server, go))
+    assert [len(c["output_ids"]) for c in chunks] == [1, 2, 3, 4]
+    assert chunks[-1]["meta_info"]["finish_reason"] == {"type": "length", "length": 4}
+    assert all(c["meta_info"]["finish_reason"] is None for c in chunks[:-1])
+
+
+def test_stop_string_is_trimmed_from_the_text(server):
+    async def go(client):
+        full = await client.generate(PROMPT, {**GREEDY, "ignore_eos": True})
+        stop = full["text"][3:6] if full["text"][3:6].strip() else full["text"][2:6]
+        cut = await client.generate(PROMPT, {**GREEDY, "ignore_eos": True, "stop": stop})
+        kept = await client.generate(PROMPT, {**GREEDY, "ignore_eos": True, "stop": [stop], "no_stop_trim": True})
+        return full, stop, cut, kept
+
+    full, stop, cut, kept = run(_with_client(server, go))
+    assert cut["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop}
+    assert stop not in cut["text"] and full["text"].startswith(cut["text"])
+    assert kept["text"].endswith(stop) or stop in kept["text"]
+
+
+def test_status_endpoints(server, models):
+    async def go(client):
+        url = server.spec.url
+        return (await client.request(url, "/health", method="GET"),
+                await client.request(url, "/health_generate", method="GET"),
+                await client.request(url, "/get_model_info", method="GET"),
+                await client.request(url, "/get_server_info", method="GET"),
+                await client.request(url, "/flush_cache", {}))
+
+    health, health_generate, info, server_info, flushed = run(_with_client(server, go))
+    assert health is None and health_generate is None
+    assert info["model_path"] == str(models[0]) and info["is_generation"] is True
+    assert server_info["max_running_requests"] == 16 and "Cache flushed" in flushed
+
+
+def test_weight_update_from_tensor_disk_and_distributed_change_outputs(server, models):
+    base, other = models
+    expected_other, expected_base = reference_greedy(other), reference_greedy(base)
+    reader = SafetensorsDir(other)
+    named = [(n, reader.get(n)) for n in reader.files]
+
+    async def go(client):
+        results = {"before": await greedy_ids(client)}
+        await client.update_weights_from_tensor(named, weight_version="v1")
+        results["tensor"] = await greedy_ids(client)
+        results["version"] = (await client.request(server.spec.url, "/get_model_info", method="GET"))["weight_version"]
+        await client.update_weights_from_disk(str(base))
+        results["disk"] = await greedy_ids(client)
+        port = free_port()
+        holder = {}
+        joined = threading.Thread(target=lambda: holder.update(group=new_group("127.0.0.1", port, 0, 2, "push")[0]))
+        joined.start()
+        await client.init_weights_update_group("127.0.0.1", port, world_size=2, group_name="push")
+        joined.join()
+
+        def send():
+            for _, tensor in named:
+                broadcast(holder["group"], tensor.contiguous())
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        await client.update_weights_from_distributed([n for n, _ in named], [str(t.dtype) for _, t in named],
+                                                     [list(t.shape) for _, t in named], group_name="push")
+        sender.join()
+        results["distributed"] = await greedy_ids(client)
+        await client.request(server.spec.url, "/destroy_weights_update_group", {"group_name": "push"})
+        await client.update_weights_from_disk(str(base))
+        results["restored"] = await greedy_ids(client)
+        with pytest.raises(ServerError, match="HTTP 400.*unknown weight 'model.bogus'"):
+            await client.update_weights_from_tensor([("model.bogus", torch.zeros(2))])
+        return results
+
+    results = run(_with_client(server, go))
+    assert results["before"] == expected_base and results["version"] == "v1"
+    assert results["tensor"] == expected_other == results["distributed"] != expected_base
+    assert results["disk"] == expected_base == results["restored"]
+
+
+def test_release_and_resume_memory_then_reload(server, models):
+    async def go(client):
+        before = await greedy_ids(client)
+        await client.release_memory()
+        refused = await client.generate(PROMPT, GREEDY)
+        await client.resume_memory()
+        await client.update_weights_from_disk(str(models[0]))
+        return before, refused, await greedy_ids(client)
+
+    before, refused, after = run(_with_client(server, go))
+    assert refused["meta_info"]["finish_reason"]["type"] == "abort"
+    assert "memory is released" in refused["meta_info"]["finish_reason"]["message"]
+    assert after == before
+
+
+def test_pause_continue_and_abort(server):
+    async def go(client):
+        await client.pause("in_place")
+        held = asyncio.create_task(client.generate(PROMPT, {"max_new_tokens": 3}, rid="held"))
+        doomed = asyncio.create_task(client.generate(PROMPT, {"max_new_tokens": 3}, rid="doomed"))
+        await asyncio.sleep(0.3)
+        assert not held.done()
+        await client.abort("doomed")
+        aborted = await doomed
+        await client.resume()
+        return await held, aborted
+
+    held, aborted = run(_with_client(server, go))
+    assert held["meta_info"]["finish_reason"]["type"] in ("length", "stop")
+    assert aborted["meta_info"]["finish_reason"]["type"] == "abort"
+
+
+def test_chat_completions_shape(server):
+    tools = [{"type": "function", "function": {"name": "calc", "description": "add", "parameters": {
+        "type": "object", "properties": {"x": {"type": "integer"}}}}}]
+
+    async def go(client):
+        return await client.chat([{"role": "user", "content": "What is 2+3?"}], tools=tools, max_tokens=6,
+                                 temperature=0, logprobs=True)
+
+    answer = run(_with_client(server, go))
+    assert answer["object"] == "chat.completion" and len(answer["choices"]) == 1
+    choice = answer["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("length", "stop")
+    assert len(choice["logprobs"]["content"]) == answer["usage"]["completion_tokens"]
+    assert answer["usage"]["total_tokens"] == answer["usage"]["prompt_tokens"] + answer["usage"]["completion_tokens"]
+
+
+def test_bad_requests_get_400_with_a_message(server):
+    async def go(client):
+        errors = []
+        for payload in [{"input_ids": PROMPT, "sampling_params": {"temprature": 1}},
+                        {"input_ids": PROMPT, "text": "both"}, {"input_ids": [1, 10 ** 7]},
+                        {"input_ids": PROMPT, "sampling_params": {"top_p": 2}}, {"input_ids": PROMPT, "bogus": 1}]:
+            with pytest.raises(ServerError) as info:
+                await client.request(server.spec.url, "/generate", payload)
+            errors.append((info.value.status, info.value.message))
+        with pytest.raises(ServerError) as info:
+            await client.request(server.spec.url, "/v1/chat/completions", {"messages": []})
+        errors.append((info.value.status, info.value.message))
+        return errors
+
+    errors = run(_with_client(server, go))
+    assert all(status == 400 for status, _ in errors)
+    assert "did you mean 'temperature'" in errors[0][1] and "exactly one of" in errors[1][1]
+    assert "outside the vocabulary" in errors[2][1] and "top_p" in errors[3][1] and "'bogus'" in errors[4][1]
+    assert "messages" in errors[5][1]
+
+
+def test_200_concurrent_requests_all_answered(server):
+    async def go(client):
+        calls = [client.generate(PROMPT[: 2 + i % 5] + [i % 300], {"max_new_tokens": 1 + i % 7, "ignore_eos": True},
+                                 rid=f"c{i}") for i in range(200)]
+        return await asyncio.gather(*calls), await client.request(server.spec.url, "/health", method="GET")
+
+    answers, health = run(_with_client(server, go))
+    assert [a["meta_info"]["id"] for a in answers] == [f"c{i}" for i in range(200)]
+    assert all(len(a["output_ids"]) == 1 + i % 7 for i, a in enumerate(answers)) and health is None
+
+
+def test_client_balances_load_and_keeps_sessions_sticky():
+    client = SGLangClient(["http://a:1", "http://b:2"])
+    first, second = client.pick(), client.pick()
+    assert {first.url, second.url} == {"http://a:1", "http://b:2"}
+    first.outstanding = 3
+    assert client.pick().url == second.url
+    sticky = client.pick(session_id="conv")
+    sticky.outstanding += 10
+    assert client.pick(session_id="conv") is sticky
+    sticky.healthy = False
+    assert client.pick(session_id="conv") is not sticky
+
+
+def test_client_retries_connection_errors_then_names_the_server():
+    async def go():
+        async with SGLangClient([f"http://127.0.0.1:{free_port()}"], max_retries=2, backoff_s=0.01) as client:
+            with pytest.raises(ConnectionError, match="unreachable after 3 tries"):
+                await client.generate(PROMPT)
+            assert not client.servers[0].healthy
+            with pytest.raises(TimeoutError, match="not healthy"):
+                await client.wait_healthy(timeout_s=0.2, interval_s=0.05)
+
+    run(go())
+
+
+def test_launcher_commands_and_failure_report(tmp_path):
+    spec = ServerSpec("/models/qwen", engine="sglang", port=30001, tp_size=2, mem_fraction_static=0.6,
+                      enable_memory_saver=True, tool_call_parser="qwen25", base_gpu_id=2)
+    cmd = server_command(spec)
+    assert cmd[1:3] == ["-m", "sglang.launch_server"]
+    for pair in [("--tp-size", "2"), ("--mem-fraction-static", "0.6"), ("--port", "30001"), ("--base-gpu-id", "2"),
+                 ("--tool-call-parser", "qwen25"), ("--model-path", "/models/qwen")]:
+        assert cmd[cmd.index(pair[0]) + 1] == pair[1]
+    assert "--enable-memory-saver" in cmd
+    with pytest.raises(ValueError, match="tp_size 1"):
+        server_command(ServerSpec("m", tp_size=2))
+    broken = ServerProcess(ServerSpec(str(tmp_path / "missing"), port=free_port()), tmp_path / "broken.log")
+    broken.start()
+    with pytest.raises(RuntimeError, match="exited with code .* before becoming healthy"):
+        broken.wait_healthy(timeout_s=60)
+
+
+def test_stopping_the_launcher_kills_the_process_group(models, tmp_path):
+    import os
+
+    process = ServerProcess(ServerSpec(str(models[0]), port=free_port(), dtype="float32"), tmp_path / "s.log")
+    process.start()
+    process.wait_healthy(timeout_s=120)
+    pgid = os.getpgid(process.process.pid)
+    process.stop()
+    assert process.process.returncode is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
