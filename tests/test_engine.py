@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlpost.rollout.engine.engine import Engine
+from rlpost.rollout.engine.engine import Engine, abort_reason
 from rlpost.rollout.engine.request import Request, RequestError, SamplingParams
 from rlpost.rollout.engine.sampler import RowSettings, sample
 from rlpost.testing.checkpoints import make_tiny_checkpoint
@@ -22,7 +22,7 @@ def qwen2(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(qwen2):
-    eng = Engine(qwen2, dtype="float32", max_running=3, prefix_cache_tokens=4096)
+    eng = Engine(qwen2, dtype="float32", max_running=3, prefix_cache_tokens=4096).start()
     yield eng
     eng.shutdown()
 
@@ -192,9 +192,9 @@ def test_abort_finishes_waiting_and_running_requests(engine):
     for r in rs:
         engine.submit(r)
     assert engine.call(lambda: engine.abort("ab1")).result() == 1
-    assert rs[1].finish_reason == {"type": "abort", "message": "aborted"} and not rs[0].finished
+    assert rs[1].finish_reason == abort_reason("Aborted") and not rs[0].finished
     assert engine.call(lambda: engine.abort(None, "stop all")).result() == 1
-    assert rs[0].finish_reason == {"type": "abort", "message": "stop all"}
+    assert rs[0].finish_reason == {"type": "abort", "message": "stop all", "status_code": None, "err_type": None}
     engine.call(engine.resume_generation).result()
     assert not engine.waiting and not engine.running
 

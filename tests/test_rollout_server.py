@@ -66,6 +66,7 @@ def test_generate_fields_batches_n_and_logprobs(server):
     assert [t[1] for t in meta["output_token_logprobs"]] == single["output_ids"]
     assert all(isinstance(t[0], float) and isinstance(t[2], str) for t in meta["output_token_logprobs"])
     assert meta["input_token_logprobs"][0][0] is None and len(meta["input_token_logprobs"]) == len(PROMPT)
+    assert [t[1] for t in meta["input_token_logprobs"]] == PROMPT
     assert isinstance(batch, list) and len(batch) == 4 and all(len(b["output_ids"]) <= 3 for b in batch)
     assert text["meta_info"]["prompt_tokens"] > 0 and len(text["output_ids"]) <= 2
 
@@ -84,7 +85,8 @@ def test_streaming_sends_growing_chunks_then_done(server):
         return [chunk async for chunk in client.generate_stream(PROMPT, {"max_new_tokens": 4, "ignore_eos": True})]
 
     chunks = run(_with_client(server, go))
-    assert [len(c["output_ids"]) for c in chunks] == [1, 2, 3, 4]
+    assert [len(c["output_ids"]) for c in chunks] == [1, 1, 1, 1]  # new ids per chunk, text cumulative
+    assert all(chunks[i + 1]["text"].startswith(chunks[i]["text"]) for i in range(3))
     assert chunks[-1]["meta_info"]["finish_reason"] == {"type": "length", "length": 4}
     assert all(c["meta_info"]["finish_reason"] is None for c in chunks[:-1])
 

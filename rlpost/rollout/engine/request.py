@@ -18,7 +18,7 @@ class RequestError(ValueError):
 
 @dataclass
 class SamplingParams:
-    max_new_tokens: int = 128
+    max_new_tokens: int | None = 128  # None: up to the context length
     min_new_tokens: int = 0
     stop: list[str] | None = None
     stop_token_ids: list[int] | None = None
@@ -47,7 +47,7 @@ class SamplingParams:
             data["stop"] = [data["stop"]]
         if isinstance(data.get("stop_token_ids"), int):
             data["stop_token_ids"] = [data["stop_token_ids"]]
-        params = cls(**{k: v for k, v in data.items() if v is not None})
+        params = cls(**{k: v for k, v in data.items() if v is not None or k == "max_new_tokens"})
         params.check()
         return params
 
@@ -56,14 +56,15 @@ class SamplingParams:
             if not ok:
                 raise RequestError(f"sampling_params.{message}")
 
-        for name in ("max_new_tokens", "min_new_tokens", "top_k", "n"):
+        for name in ("min_new_tokens", "top_k", "n") + (("max_new_tokens",) if self.max_new_tokens is not None else ()):
             need(isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool),
                  f"{name} must be an integer, got {getattr(self, name)!r}")
         for name in ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty"):
             need(isinstance(getattr(self, name), (int, float)) and not isinstance(getattr(self, name), bool),
                  f"{name} must be a number, got {getattr(self, name)!r}")
-        need(self.max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        need(0 <= self.min_new_tokens <= self.max_new_tokens,
+        need(self.max_new_tokens is None or self.max_new_tokens >= 0,
+             f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        need(0 <= self.min_new_tokens <= (self.max_new_tokens if self.max_new_tokens is not None else 1 << 62),
              f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
         need(self.temperature >= 0.0, f"temperature must be >= 0, got {self.temperature}")
         need(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}")
@@ -71,7 +72,7 @@ class SamplingParams:
         need(0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}")
         need(-2.0 <= self.frequency_penalty <= 2.0, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")
         need(-2.0 <= self.presence_penalty <= 2.0, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}")
-        need(0.0 < self.repetition_penalty <= 2.0, f"repetition_penalty must be in (0, 2], got {self.repetition_penalty}")
+        need(0.0 <= self.repetition_penalty <= 2.0, f"repetition_penalty must be in [0, 2], got {self.repetition_penalty}")
         need(self.n >= 1, f"n must be >= 1, got {self.n}")
         need(self.stop is None or all(isinstance(s, str) and s for s in self.stop),
              "stop must be a string or a list of non-empty strings")

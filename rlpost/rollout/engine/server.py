@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import pickle
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +36,11 @@ _GENERATE_FIELDS = {
 _UNSUPPORTED = {"image_data", "lora_path", "custom_logit_processor", "return_hidden_states", "token_ids_logprob"}
 
 
-def _error(message: str, status: int = 400) -> web.Response:
+def _error(request: web.Request, message: str, status: int = 400) -> web.Response:
+    """SGLang's error bodies: nested for its native endpoints, OpenAI's flat form under /v1/."""
+    if request.path.startswith("/v1/"):
+        return web.json_response({"object": "error", "message": message, "type": "BadRequestError", "param": None,
+                                  "code": status}, status=status)
     return web.json_response({"error": {"message": message}}, status=status)
 
 
@@ -52,6 +59,11 @@ class EngineServer:
         self.engine = engine
         self.served_model_name = served_model_name or engine.model_path
         self.groups: dict[str, WeightUpdateGroup] = {}
+        # SGLang's model-update lock: a weight update waits for in-flight generations (unless generation is
+        # paused, which is what pausing is for) and holds new ones back, so no sequence mixes two policies
+        self._gate: asyncio.Condition | None = None
+        self._generating = 0
+        self._updating = False
         self.app = web.Application(client_max_size=1 << 30, middlewares=[self._errors])
         get, post = ("GET",), ("POST",)
         both = ("GET", "POST")
@@ -78,9 +90,36 @@ class EngineServer:
         try:
             return await handler(request)
         except RequestError as e:
-            return _error(str(e))
+            return _error(request, str(e))
         except (KeyError, ValueError, TypeError) as e:
-            return _error(f"{type(e).__name__}: {e}")
+            return _error(request, f"{type(e).__name__}: {e}")
+
+    @contextlib.asynccontextmanager
+    async def _generation(self):
+        self._gate = self._gate or asyncio.Condition()
+        async with self._gate:
+            await self._gate.wait_for(lambda: not self._updating)
+            self._generating += 1
+        try:
+            yield
+        finally:
+            async with self._gate:
+                self._generating -= 1
+                self._gate.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self):
+        self._gate = self._gate or asyncio.Condition()
+        async with self._gate:
+            await self._gate.wait_for(lambda: not self._updating)
+            self._updating = True
+            await self._gate.wait_for(lambda: self._generating == 0 or self.engine.paused)
+        try:
+            yield
+        finally:
+            async with self._gate:
+                self._updating = False
+                self._gate.notify_all()
 
     async def _on_engine(self, fn) -> Any:
         return await asyncio.wrap_future(self.engine.call(fn))
@@ -141,18 +180,23 @@ class EngineServer:
                 requests.append(req)
         return requests, batch or len(requests) > 1
 
-    def _output(self, req: Request, text_in_logprobs: bool) -> dict:
+    def _output(self, req: Request, text_in_logprobs: bool, upto: int | None = None) -> dict:
+        """The response object; with upto, a streaming snapshot of the first upto tokens (not yet finished)."""
         tok = self.engine.tokenizer
-        text = tok.decode(req.output_ids, skip_special_tokens=req.params.skip_special_tokens)
-        matched = (req.finish_reason or {}).get("matched")
-        if isinstance(matched, str) and not req.params.no_stop_trim and matched in text:
+        finish_reason = req.finish_reason if upto is None else None
+        ids = req.output_ids[:upto] if upto is not None else list(req.output_ids)
+        matched = (finish_reason or {}).get("matched")
+        trim = not req.params.no_stop_trim
+        shown = ids[:-1] if trim and isinstance(matched, int) else ids
+        text = tok.decode(shown, skip_special_tokens=req.params.skip_special_tokens)
+        if trim and isinstance(matched, str) and matched in text:
             text = text[: text.index(matched)]
         meta = {
-            "id": req.rid, "finish_reason": req.finish_reason, "prompt_tokens": len(req.input_ids),
-            "weight_version": req.weight_version, "completion_tokens": len(req.output_ids),
-            "cached_tokens": req.cached_tokens,
-            "e2e_latency": (req.finished_at or time.time()) - req.created,
+            "id": req.rid, "finish_reason": finish_reason, "prompt_tokens": len(req.input_ids),
+            "weight_version": req.weight_version, "completion_tokens": len(ids), "cached_tokens": req.cached_tokens,
         }
+        if finish_reason is not None:
+            meta["e2e_latency"] = (req.finished_at or time.time()) - req.created
         if req.return_logprob:
             def triples(values, ids):
                 return [[v, t, tok.decode([t]) if text_in_logprobs else None] for v, t in zip(values, ids)]
@@ -160,19 +204,22 @@ class EngineServer:
             def tops(rows):
                 return [None if row is None else triples([v for v, _ in row], [t for _, t in row]) for row in rows]
 
-            start = max(req.logprob_start_len, 0)
-            meta["input_token_logprobs"] = triples(req.input_logprobs, req.input_ids[start:])
-            meta["output_token_logprobs"] = triples(req.output_logprobs, req.output_ids)
+            if req.logprob_start_len < 0:  # SGLang's default: only the last prompt token, without a log-prob
+                meta["input_token_logprobs"] = triples([None], req.input_ids[-1:])
+            else:
+                meta["input_token_logprobs"] = triples(req.input_logprobs, req.input_ids[req.logprob_start_len:])
+            meta["output_token_logprobs"] = triples(req.output_logprobs[:len(ids)], ids)
             if req.top_logprobs_num:
                 meta["input_top_logprobs"] = tops(req.input_top_logprobs)
-                meta["output_top_logprobs"] = tops(req.output_top_logprobs)
-        return {"text": text, "output_ids": list(req.output_ids), "meta_info": meta}
+                meta["output_top_logprobs"] = tops(req.output_top_logprobs[:len(ids)])
+        return {"text": text, "output_ids": ids, "meta_info": meta}
 
     def _track(self, requests: list[Request]) -> asyncio.Queue:
         """Route engine-thread updates of these requests into an asyncio queue on this loop."""
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
         for index, req in enumerate(requests):
-            req.on_update = lambda r, i=index: loop.call_soon_threadsafe(queue.put_nowait, (i, r.finished))
+            req.on_update = lambda r, i=index: loop.call_soon_threadsafe(
+                queue.put_nowait, (i, len(r.output_ids), r.finished))
         return queue
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
@@ -180,14 +227,18 @@ class EngineServer:
         requests, batch = self._requests(body)
         text_in_logprobs = bool(body.get("return_text_in_logprobs", False))
         queue = self._track(requests)
-        if body.get("stream"):
-            return await self._stream(request, requests, batch, queue, text_in_logprobs)
+        async with self._generation():
+            if body.get("stream"):
+                return await self._stream(request, requests, batch, queue, text_in_logprobs)
+            return await self._complete(requests, batch, queue, text_in_logprobs)
+
+    async def _complete(self, requests, batch, queue, text_in_logprobs) -> web.Response:
         for req in requests:
             self.engine.submit(req)
         try:
             remaining = len(requests)
             while remaining:
-                _, finished = await queue.get()
+                _, _, finished = await queue.get()
                 remaining -= finished
         except asyncio.CancelledError:  # the client went away: free the rows
             for req in requests:
@@ -204,12 +255,12 @@ class EngineServer:
         remaining, sent = len(requests), [0] * len(requests)
         try:
             while remaining:
-                index, finished = await queue.get()
-                req = requests[index]
-                if len(req.output_ids) == sent[index] and not finished:
+                index, count, finished = await queue.get()
+                if count == sent[index] and not finished:
                     continue
-                sent[index] = len(req.output_ids)
-                chunk = self._output(req, text_in_logprobs)
+                chunk = self._output(requests[index], text_in_logprobs, None if finished else count)
+                chunk["output_ids"] = chunk["output_ids"][sent[index]:]  # new ids only; text stays cumulative
+                sent[index] = len(requests[index].output_ids) if finished else count
                 if batch:
                     chunk["index"] = index
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
@@ -257,12 +308,13 @@ class EngineServer:
         for req in requests:
             self.engine.check(req)
         queue = self._track(requests)
-        for req in requests:
-            self.engine.submit(req)
-        remaining = len(requests)
-        while remaining:
-            _, finished = await queue.get()
-            remaining -= finished
+        async with self._generation():
+            for req in requests:
+                self.engine.submit(req)
+            remaining = len(requests)
+            while remaining:
+                _, _, finished = await queue.get()
+                remaining -= finished
         known = [t["function"]["name"] for t in tools or [] if isinstance(t, dict) and "function" in t]
         choices = [self._choice(j, req, use_tools is not None, known) for j, req in enumerate(requests)]
         completion = sum(len(r.output_ids) for r in requests)
@@ -351,14 +403,17 @@ class EngineServer:
 
     async def _update(self, body: dict, named, what: str) -> web.Response:
         if body.get("abort_all_requests"):
-            await self._on_engine(lambda: self.engine.abort(message="aborted for a weight update"))
-        try:
-            count = await self._on_engine(lambda: self.engine.load_weights(
-                named() if callable(named) else named, bool(body.get("flush_cache", True)),
-                body.get("weight_version")))
-        except (KeyError, ValueError, RuntimeError) as e:
-            return self._result(False, f"Failed to update weights from {what}: {e}")
-        return self._result(True, f"Succeeded to update {count} weights from {what}.")
+            await self._on_engine(lambda: self.engine.abort())
+        async with self._exclusive():
+            try:
+                count = await self._on_engine(lambda: self.engine.load_weights(
+                    named() if callable(named) else named, bool(body.get("flush_cache", True)),
+                    body.get("weight_version")))
+            except (KeyError, ValueError, RuntimeError) as e:
+                return self._result(False, f"Failed to update weights from {what}: {e}")
+        version = body.get("weight_version")
+        suffix = f" Weight version updated to {version}." if version is not None else ""
+        return self._result(True, f"Succeeded to update model weights ({count} tensors from {what}).{suffix}")
 
     async def update_from_tensor(self, request: web.Request) -> web.Response:
         body = await _json(request)
@@ -437,12 +492,12 @@ class EngineServer:
     async def release_memory(self, request: web.Request) -> web.Response:
         body = await _json(request)
         await self._on_engine(lambda: self.engine.release_memory(body.get("tags")))
-        return web.Response(status=200)
+        return web.json_response(None)
 
     async def resume_memory(self, request: web.Request) -> web.Response:
         body = await _json(request)
         await self._on_engine(lambda: self.engine.resume_memory(body.get("tags")))
-        return web.Response(status=200)
+        return web.json_response(None)
 
     async def pause(self, request: web.Request) -> web.Response:
         body = await _json(request)
@@ -463,5 +518,19 @@ class EngineServer:
 
 
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 30000, served_model_name: str | None = None) -> None:
-    web.run_app(EngineServer(engine, served_model_name).app, host=host, port=port, print=None,
-                handle_signals=True)
+    """HTTP on a background thread, the engine loop on this (the main) thread; SIGTERM/SIGINT stop both."""
+    server = EngineServer(engine, served_model_name)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, host, port).start())
+    http = threading.Thread(target=loop.run_forever, name="rlpost-http", daemon=True)
+    http.start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: engine.request_stop())
+    try:
+        engine.serve_forever()
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        http.join(timeout=10)
