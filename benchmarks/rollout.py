@@ -4,10 +4,13 @@ same process. Target: at least 3x.
 Prompts are the first GSM8K test questions in the model's chat template; every sequence generates exactly
 --new-tokens tokens (eos ignored on both sides, temperature 1), so both sides do the same work and output tokens/s
 compares like with like. The baseline is the strongest plain use of transformers: one batched, left-padded
-`generate` call over all prompts with its KV cache. With --vllm-python, the same prompts also run through vLLM
-(benchmarks/rollout_vllm.py) in its own virtual environment.
+`generate` call over all prompts with its KV cache. A second baseline is `generate` one prompt at a time (what a
+per-sample agent loop gets from transformers), timed on the first --sequential prompts. With --vllm-python, the same
+prompts also run through vLLM (benchmarks/rollout_vllm.py) in its own virtual environment
+(scripts/install_vllm_cpu.sh makes one).
 
-    python benchmarks/rollout.py [--prompts 64] [--new-tokens 128] [--dtypes bfloat16,float32] [--vllm-python PY]
+    python benchmarks/rollout.py [--prompts 64] [--new-tokens 128] [--dtypes bfloat16,float32] [--sequential 8]
+                                 [--vllm-python .vllm-venv/bin/python]
 """
 
 from __future__ import annotations
@@ -48,10 +51,7 @@ def run_engine(path, prompts: list[list[int]], new_tokens: int, dtype: str) -> t
         engine.shutdown()
 
 
-def run_transformers(path, tokenizer, prompts: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, int]:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+def run_transformers(model, tokenizer, prompts: list[list[int]], new_tokens: int) -> tuple[float, int]:
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
@@ -65,6 +65,15 @@ def run_transformers(path, tokenizer, prompts: list[list[int]], new_tokens: int,
                              pad_token_id=pad)
         seconds = time.perf_counter() - start
     return seconds, (out.shape[1] - width) * len(prompts)
+
+
+def run_transformers_sequential(model, prompts: list[list[int]], new_tokens: int) -> tuple[float, int]:
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for p in prompts:
+            model.generate(input_ids=torch.tensor([p]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                           do_sample=True, temperature=1.0, top_p=1.0, top_k=0, pad_token_id=0)
+        return time.perf_counter() - start, new_tokens * len(prompts)
 
 
 def run_vllm(python: str, path, prompts: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, int, str]:
@@ -84,10 +93,11 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument("--sequential", type=int, default=8, help="prompts for the one-at-a-time baseline (0: skip)")
     parser.add_argument("--vllm-python", default=None, help="python of a virtual environment with vllm-cpu")
     args = parser.parse_args()
 
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlpost.models.hf import resolve_model_path
 
@@ -100,9 +110,15 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
     rows = []
     for dtype in args.dtypes.split(","):
-        base_s, base_tokens = run_transformers(path, tokenizer, prompts, args.new_tokens, dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+        base_s, base_tokens = run_transformers(model, tokenizer, prompts, args.new_tokens)
         base = base_tokens / base_s
-        rows.append(("transformers generate", dtype, base_tokens, base_s, base, 1.0))
+        rows.append(("transformers generate, batched (baseline)", dtype, base_tokens, base_s, base, 1.0))
+        if args.sequential:
+            seconds, tokens = run_transformers_sequential(model, prompts[: args.sequential], args.new_tokens)
+            rows.append((f"transformers generate, one prompt at a time ({args.sequential} prompts)", dtype, tokens,
+                         seconds, tokens / seconds, tokens / seconds / base))
+        del model
         seconds, tokens = run_engine(path, prompts, args.new_tokens, dtype)
         rows.append(("rlpost engine", dtype, tokens, seconds, tokens / seconds, tokens / seconds / base))
         if args.vllm_python:
