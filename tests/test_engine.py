@@ -237,3 +237,31 @@ def test_sampler_draws_from_the_truncated_distribution():
         assert ((freq - expected).abs() <= tolerance).all(), (settings, freq, expected)
         scaled = torch.log_softmax(logits / settings.temperature, 0)
         assert torch.allclose(chosen, scaled[tokens])
+
+
+def test_colocated_cycle_retract_release_reload_continue(engine, qwen2):
+    """The hybrid-engine step: pause (retract), free memory for training, take it back, load weights, continue."""
+    import threading
+
+    from rlpost.models.safetensors_dir import SafetensorsDir
+
+    ids = prompts(1, seed=31)[0]
+    expected = engine.run([req("whole", ids, max_new_tokens=20, temperature=0.0, ignore_eos=True)])[0].output_ids
+    r = req("cycle", ids, max_new_tokens=20, temperature=0.0, ignore_eos=True)
+    started, finished = threading.Event(), threading.Event()
+    r.stream = True
+    r.on_update = lambda x: (started.set() if len(x.output_ids) >= 3 else None, finished.set() if x.finished else None)
+    engine.submit(r)
+    assert started.wait(30)
+    reader = SafetensorsDir(qwen2)
+
+    def cycle():
+        engine.pause("retract")
+        engine.release_memory(None)
+        assert engine.cache.capacity == 0 and engine.model.embed.untyped_storage().size() == 0
+        engine.resume_memory(None)
+        engine.load_weights((n, reader.get(n)) for n in reader.files)
+        engine.resume_generation()
+
+    engine.call(cycle).result()
+    assert finished.wait(60) and r.output_ids == expected

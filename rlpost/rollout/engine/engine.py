@@ -135,6 +135,7 @@ class Engine:
     def abort(self, rid: str | None = None, message: str = "Aborted") -> int:
         """Finish matching requests (all when rid is None) with finish_reason abort; returns how many."""
         self._drain_incoming()
+
         def hit(r: Request) -> bool:
             return rid is None or r.rid == rid or r.rid.startswith(f"{rid}-")
 
@@ -187,8 +188,9 @@ class Engine:
         if unknown:
             raise RequestError(f"unknown memory tags {sorted(unknown)}; expected weights, kv_cache, cuda_graph")
         self._drain_incoming()
-        if self.running or self.waiting:
-            raise RequestError("requests are in flight; pause generation or wait for them before releasing memory")
+        if self.running or (self.waiting and not self.paused):
+            raise RequestError("requests are in flight; pause generation (abort or retract) or wait for them "
+                               "before releasing memory")
         if "kv_cache" in tags and "kv_cache" not in self.released:
             self.cache.release()
             self.prefix_cache.clear()

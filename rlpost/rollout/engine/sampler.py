@@ -64,7 +64,10 @@ def sample(logits: torch.Tensor, rows: list[RowSettings], generator: torch.Gener
     temperatures = [1.0 if s.greedy else s.temperature for s in rows]
     if any(t != 1.0 for t in temperatures):
         logits.div_(torch.tensor(temperatures, dtype=logits.dtype)[:, None])
-    lse = torch.logsumexp(logits, dim=-1)
+    # one pass of exp + cumsum gives both the partition function (the last column) and the sampling CDF
+    peak = logits.amax(dim=-1, keepdim=True)
+    cdf = (logits - peak).exp_().cumsum_(dim=-1)
+    lse = peak.squeeze(1) + cdf[:, -1].log()
     tokens = torch.empty(n, dtype=torch.long)
     greedy = [i for i, s in enumerate(rows) if s.greedy]
     if greedy:
@@ -73,12 +76,11 @@ def sample(logits: torch.Tensor, rows: list[RowSettings], generator: torch.Gener
     if sampled:
         # inverse-CDF sampling: one uniform number per row (filling a [64, 150k] noise tensor with mt19937 costs
         # tens of milliseconds on CPU). float32 accumulation moves a token's probability by about 1e-7 at most.
-        everyone = len(sampled) == n
-        logprobs = logits - lse[:, None] if everyone else logits[sampled] - lse[sampled, None]
-        for j, i in enumerate(sampled):
+        for i in sampled:
             if rows[i].truncates:
-                logprobs[j] = _truncate(logprobs[j], rows[i])
-        cdf = logprobs.exp_().cumsum_(dim=-1)
+                cdf[i] = _truncate(logits[i] - lse[i], rows[i]).exp_().cumsum_(dim=0)
+        if len(sampled) < n:
+            cdf = cdf[sampled]
         uniform = torch.empty(len(sampled))
         shared = [j for j, i in enumerate(sampled) if rows[i].generator is None]
         if shared:
