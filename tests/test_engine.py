@@ -1,5 +1,8 @@
 """The embedded engine against transformers: log-probs, greedy generation, batching, prefix reuse, sampling."""
 
+import threading
+import time
+
 import pytest
 import torch
 
@@ -77,6 +80,10 @@ def test_input_logprobs_match_transformers(engine, qwen2):
     ref = reference_logprobs(hf_model(qwen2), ids, 1)
     assert (ref - torch.tensor(r.input_logprobs[1:])).abs().max().item() < 1e-4
     assert all(row[0][0] >= value for row, value in zip(r.input_top_logprobs[1:], r.input_logprobs[1:]))
+    later = engine.run([Request("in5", ids, SamplingParams(max_new_tokens=0), return_logprob=True,
+                                logprob_start_len=5)])[0]
+    assert later.input_logprobs[0] is None and len(later.input_logprobs) == len(ids) - 5  # SGLang: null first
+    assert (ref[5:] - torch.tensor(later.input_logprobs[1:])).abs().max().item() < 1e-4
 
 
 def test_rows_moving_between_steps_do_not_change_outputs(engine):
@@ -100,9 +107,14 @@ def test_next_turn_reuses_the_previous_turns_keys_and_values(engine, qwen2):
 
 def test_identical_prompts_are_prefilled_once(engine):
     ids = prompts(1, seed=9, low=20)[0]
-    engine.prefix_cache.clear()
+    engine.call(lambda: (engine.prefix_cache.clear(), engine.pause("in_place"))).result()
     before = engine.stats["prefill_tokens"]
-    rs = engine.run([req(f"n{i}", ids, max_new_tokens=4) for i in range(3)])
+    rs = [req(f"n{i}", ids, max_new_tokens=4) for i in range(3)]
+    for r in rs:  # all three arrive before the next step
+        engine.submit(r)
+    engine.call(engine.resume_generation).result()
+    while not all(r.finished_at for r in rs):
+        time.sleep(0.01)
     assert engine.stats["prefill_tokens"] - before == len(ids)
     assert [r.cached_tokens for r in rs] == [0, len(ids), len(ids)]
 
@@ -118,7 +130,7 @@ def test_seeded_sampling_does_not_depend_on_the_batch(engine):
     assert crowd[-1].output_ids == alone
 
 
-@pytest.mark.parametrize("params", [{"top_k": 1}, {"min_p": 1.0}, {"top_p": 1e-6}, {"temperature": 0.0}])
+@pytest.mark.parametrize("params", [{"top_k": 1}, {"min_p": 1.0}, {"top_p": 1e-6}, {"temperature": 1e-7}])
 def test_filters_that_keep_one_token_are_greedy(engine, params):
     ids = prompts(1, seed=13)[0]
     greedy = engine.run([req("g", ids, max_new_tokens=8, temperature=0.0)])[0].output_ids
@@ -170,19 +182,19 @@ def test_retracted_requests_resume_where_they_stopped(engine):
     ids = prompts(1, seed=23)[0]
     expected = engine.run([req("a", ids, max_new_tokens=30, temperature=0.0, ignore_eos=True)])[0].output_ids
     r = req("b", ids, max_new_tokens=30, temperature=0.0, ignore_eos=True)
-    import threading
+    retracted, finished = threading.Event(), threading.Event()
 
-    done = threading.Event()
-    r.stream = True
-    r.on_update = lambda x: done.set() if len(x.output_ids) >= 5 or x.finished else None
+    def on_update(x):  # runs on the engine thread: the queued pause happens before the next step
+        if len(x.output_ids) == 5:
+            engine.call(lambda: (engine.pause("retract"), retracted.set()))
+        if x.finished:
+            finished.set()
+
+    r.stream, r.on_update = True, on_update
     engine.submit(r)
-    done.wait(30)
-    engine.call(lambda: engine.pause("retract")).result()
-    assert r in engine.waiting and not r.finished
+    assert retracted.wait(30)
+    assert r in engine.waiting and len(r.output_ids) == 5 and not r.finished
     engine.call(engine.resume_generation).result()
-    finished = threading.Event()
-    r.on_update = lambda x: finished.set() if x.finished else None
-    engine.call(lambda: None).result()
     assert finished.wait(60) and r.output_ids == expected
 
 
@@ -210,6 +222,10 @@ def test_bad_requests_are_refused_with_the_reason(engine):
         engine.submit(req("e", []))
     with pytest.raises(RequestError, match="context length"):
         engine.submit(req("c", [1] * 600))
+    with pytest.raises(RequestError, match="stop_token_ids: 9999 is outside the vocabulary"):
+        engine.submit(req("s", [1, 2], stop_token_ids=[9999]))
+    with pytest.raises(RequestError, match="top_logprobs_num must be in"):
+        engine.submit(Request("t", [1, 2], SamplingParams(), return_logprob=True, top_logprobs_num=-1))
 
 
 def test_sampler_draws_from_the_truncated_distribution():
@@ -241,27 +257,30 @@ def test_sampler_draws_from_the_truncated_distribution():
 
 def test_colocated_cycle_retract_release_reload_continue(engine, qwen2):
     """The hybrid-engine step: pause (retract), free memory for training, take it back, load weights, continue."""
-    import threading
-
     from rlpost.models.safetensors_dir import SafetensorsDir
 
     ids = prompts(1, seed=31)[0]
     expected = engine.run([req("whole", ids, max_new_tokens=20, temperature=0.0, ignore_eos=True)])[0].output_ids
     r = req("cycle", ids, max_new_tokens=20, temperature=0.0, ignore_eos=True)
-    started, finished = threading.Event(), threading.Event()
-    r.stream = True
-    r.on_update = lambda x: (started.set() if len(x.output_ids) >= 3 else None, finished.set() if x.finished else None)
-    engine.submit(r)
-    assert started.wait(30)
+    finished, cycled = threading.Event(), threading.Event()
     reader = SafetensorsDir(qwen2)
 
     def cycle():
         engine.pause("retract")
+        assert r in engine.waiting and len(r.output_ids) == 3
         engine.release_memory(None)
         assert engine.cache.capacity == 0 and engine.model.embed.untyped_storage().size() == 0
         engine.resume_memory(None)
         engine.load_weights((n, reader.get(n)) for n in reader.files)
         engine.resume_generation()
+        cycled.set()
 
-    engine.call(cycle).result()
-    assert finished.wait(60) and r.output_ids == expected
+    def on_update(x):
+        if len(x.output_ids) == 3:
+            engine.call(cycle)
+        if x.finished:
+            finished.set()
+
+    r.stream, r.on_update = True, on_update
+    engine.submit(r)
+    assert finished.wait(60) and cycled.is_set() and r.output_ids == expected

@@ -3,6 +3,7 @@ every endpoint, with SGLang's field names."""
 
 import asyncio
 import json
+import time
 import threading
 
 import pytest
@@ -52,7 +53,8 @@ def test_generate_fields_batches_n_and_logprobs(server):
     async def go():
         async with SGLangClient([server.spec.url]) as client:
             single = await client.generate(PROMPT, {"max_new_tokens": 5, "ignore_eos": True}, return_logprob=True,
-                                           logprob_start_len=0, return_text_in_logprobs=True, rid="one")
+                                           logprob_start_len=0, return_text_in_logprobs=True, rid="one",
+                                           priority=1)  # unknown top-level fields are ignored, as by SGLang
             batch = await client.generate([PROMPT, PROMPT[:3]], {"max_new_tokens": 3, "n": 2})
             text = await client.generate(text="How many apples?", sampling_params={"max_new_tokens": 2})
             return single, batch, text
@@ -181,14 +183,19 @@ def test_release_and_resume_memory_then_reload(server, models):
 def test_pause_continue_and_abort(server):
     async def go(client):
         await client.pause("in_place")
-        held = asyncio.create_task(client.generate(PROMPT, {"max_new_tokens": 3}, rid="held"))
-        doomed = asyncio.create_task(client.generate(PROMPT, {"max_new_tokens": 3}, rid="doomed"))
-        await asyncio.sleep(0.3)
-        assert not held.done()
-        await client.abort("doomed")
-        aborted = await doomed
-        await client.resume()
-        return await held, aborted
+        try:
+            held = asyncio.create_task(client.generate(PROMPT, {"max_new_tokens": 3}, rid="held"))
+            doomed = asyncio.create_task(client.generate(PROMPT, {"max_new_tokens": 3}, rid="doomed"))
+            for _ in range(100):  # until the request has reached the server
+                await client.abort("doomed")
+                done, _ = await asyncio.wait([doomed], timeout=0.1)
+                if done:
+                    break
+            assert not held.done()
+            aborted = await asyncio.wait_for(doomed, timeout=5)
+        finally:
+            await client.resume()
+        return await asyncio.wait_for(held, timeout=30), aborted
 
     held, aborted = run(_with_client(server, go))
     assert held["meta_info"]["finish_reason"]["type"] in ("length", "stop")
@@ -216,7 +223,7 @@ def test_bad_requests_get_400_with_a_message(server):
         errors = []
         for payload in [{"input_ids": PROMPT, "sampling_params": {"temprature": 1}},
                         {"input_ids": PROMPT, "text": "both"}, {"input_ids": [1, 10 ** 7]},
-                        {"input_ids": PROMPT, "sampling_params": {"top_p": 2}}, {"input_ids": PROMPT, "bogus": 1}]:
+                        {"input_ids": PROMPT, "sampling_params": {"top_p": 2}}, {"input_ids": PROMPT, "rid": 5}]:
             with pytest.raises(ServerError) as info:
                 await client.request(server.spec.url, "/generate", payload)
             errors.append((info.value.status, info.value.message))
@@ -228,7 +235,7 @@ def test_bad_requests_get_400_with_a_message(server):
     errors = run(_with_client(server, go))
     assert all(status == 400 for status, _ in errors)
     assert "did you mean 'temperature'" in errors[0][1] and "exactly one of" in errors[1][1]
-    assert "outside the vocabulary" in errors[2][1] and "top_p" in errors[3][1] and "'bogus'" in errors[4][1]
+    assert "outside the vocabulary" in errors[2][1] and "top_p" in errors[3][1] and "'rid' must be" in errors[4][1]
     assert "messages" in errors[5][1]
 
 
@@ -252,7 +259,7 @@ def test_client_balances_load_and_keeps_sessions_sticky():
     sticky = client.pick(session_id="conv")
     sticky.outstanding += 10
     assert client.pick(session_id="conv") is sticky
-    sticky.healthy = False
+    sticky.down_since = time.monotonic()
     assert client.pick(session_id="conv") is not sticky
 
 

@@ -1,9 +1,10 @@
 """Async client for SGLang-protocol servers (SGLang itself or rlpost's embedded engine).
 
 One pooled HTTP session for all servers; requests go to the server with the fewest outstanding requests, except that
-a conversation (session id) sticks to the server that holds its prefix cache. Connection failures are retried with
-exponential backoff; HTTP errors are not (they are the request's fault) and raise ServerError with the server's
-message. Weight pushes go to every server.
+a conversation (session id) sticks to the server that holds its prefix cache. Failures to connect are retried with
+exponential backoff (the request never arrived, so nothing runs twice); a server that stays unreachable is skipped
+for a while. A dropped connection or a timeout mid-request is not retried, and HTTP errors raise ServerError with
+the server's message. Weight pushes go to every server.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import aiohttp
 import torch
 
 log = logging.getLogger(__name__)
-_RETRYABLE = (aiohttp.ClientConnectionError, asyncio.TimeoutError)
+# only failures to connect: the request never reached the server, so sending it again cannot duplicate work
+_RETRYABLE = (aiohttp.ClientConnectorError,)
+_HEALTH_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError)
+_UNHEALTHY_FOR_S = 30.0
 
 
 class ServerError(RuntimeError):
@@ -38,7 +42,10 @@ def serialize_named_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     shared-memory (CPU) or IPC (CUDA) handles rather than bytes. Valid while the sender keeps the tensors alive.
 
     CPU tensors go through named shared-memory files: the default file-descriptor strategy hands fds over a socket
-    that only processes sharing a multiprocessing auth key (parent and children) may use, and a server is not one."""
+    that only processes sharing a multiprocessing auth key (parent and children) may use, and a server is not one.
+    Pickling moves each CPU tensor's storage into /dev/shm in place, so send copies (resharding buckets), size
+    /dev/shm for a bucket (Docker's default is 64 MB), and do not call this from two threads at once (the sharing
+    strategy is process-wide)."""
     import torch.multiprocessing as mp
 
     previous = mp.get_sharing_strategy()
@@ -55,7 +62,11 @@ def serialize_named_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
 class _Server:
     url: str
     outstanding: int = 0
-    healthy: bool = True
+    down_since: float | None = None  # set when unreachable; the server is tried again after _UNHEALTHY_FOR_S
+
+    @property
+    def healthy(self) -> bool:
+        return self.down_since is None or time.monotonic() - self.down_since > _UNHEALTHY_FOR_S
 
 
 class SGLangClient:
@@ -123,11 +134,11 @@ class SGLangClient:
                         body = await response.read()
                         if response.status >= 400:
                             raise ServerError(server.url, path, response.status, _message(body))
-                        server.healthy = True
+                        server.down_since = None
                         return _decode(body)
                 except _RETRYABLE as e:
                     if attempt == self.max_retries:
-                        server.healthy = False
+                        server.down_since = time.monotonic()
                         raise ConnectionError(f"{server.url}{path} unreachable after {attempt + 1} tries: "
                                               f"{type(e).__name__}: {e}") from e
                     delay = self.backoff_s * 2 ** attempt
@@ -157,7 +168,7 @@ class SGLangClient:
                                                 timeout=aiohttp.ClientTimeout(total=5)) as response:
                         if response.status != 200:
                             still.append(server)
-                except _RETRYABLE:
+                except _HEALTH_ERRORS:
                     still.append(server)
             pending = still
             if pending and time.monotonic() > deadline:
@@ -165,7 +176,7 @@ class SGLangClient:
             if pending:
                 await asyncio.sleep(interval_s)
         for server in self.servers:
-            server.healthy = True
+            server.down_since = None
 
     # ---- generation ----------------------------------------------------------------------------------------------
 

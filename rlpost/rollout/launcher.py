@@ -52,6 +52,8 @@ def server_command(spec: ServerSpec) -> list[str]:
     cmd += ["--model-path", spec.model_path, "--host", spec.host, "--port", str(spec.port), "--dtype", spec.dtype]
     options = {"--context-length": spec.context_length, "--max-running-requests": spec.max_running_requests,
                "--random-seed": spec.random_seed}
+    if spec.engine == "embedded" and spec.disable_radix_cache:
+        options["--prefix-cache-tokens"] = 0
     if spec.engine == "sglang":
         options.update({"--mem-fraction-static": spec.mem_fraction_static, "--base-gpu-id": spec.base_gpu_id,
                         "--tool-call-parser": spec.tool_call_parser})
@@ -67,7 +69,10 @@ class ServerProcess:
 
     def __init__(self, spec: ServerSpec, log_path: str | Path | None = None, env: dict | None = None):
         self.spec, self.env = spec, env
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="rlpost-server-", suffix=".log")[1])
+        if log_path is None:
+            handle, log_path = tempfile.mkstemp(prefix="rlpost-server-", suffix=".log")
+            os.close(handle)
+        self.log_path = Path(log_path)
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "ServerProcess":
@@ -92,6 +97,7 @@ class ServerProcess:
         while True:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
+                self.stop()
                 raise RuntimeError(f"server {self.spec.url} exited with code {code} before becoming healthy; "
                                    f"log {self.log_path}:\n{self.log_tail()}")
             try:
@@ -107,17 +113,19 @@ class ServerProcess:
             time.sleep(interval_s)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM to the whole process group, SIGKILL after timeout_s."""
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM to the whole process group, SIGKILL after timeout_s; children are killed even when the leader
+        already died (a crashed SGLang leaves its scheduler holding GPU memory)."""
+        if self.process is None:
             return
-        pgid = os.getpgid(self.process.pid)
-        os.killpg(pgid, signal.SIGTERM)
+        pgid = self.process.pid  # start_new_session: the group id is the leader's pid
+        if self.process.poll() is None:
+            os.killpg(pgid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
         try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.process.wait()
-        try:  # children that ignored SIGTERM
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        self.process.wait()

@@ -14,6 +14,7 @@ is for callers that submit from several threads.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
@@ -43,8 +44,13 @@ class Engine:
         self.model_path = str(model_path)
         self.model = DecoderLM.from_pretrained(model_path, dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        config_eos = self.model.config.eos_token_id
-        eos = set(config_eos if isinstance(config_eos, list) else [config_eos] if config_eos is not None else [])
+        eos = set()
+        generation_config = Path(model_path) / "generation_config.json"
+        sources = [self.model.config.eos_token_id]
+        if generation_config.is_file():  # Qwen2.5-Instruct stops on <|endoftext|> only through this file
+            sources.append(json.loads(generation_config.read_text()).get("eos_token_id"))
+        for ids in sources:
+            eos.update(ids if isinstance(ids, list) else [ids] if ids is not None else [])
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos)
@@ -93,16 +99,22 @@ class Engine:
                                f"{self.context_length}")
         if request.params.max_new_tokens is None:
             request.params.max_new_tokens = self.context_length - len(request.input_ids)
-        if request.logprob_start_len >= len(request.input_ids):
-            raise RequestError(f"logprob_start_len {request.logprob_start_len} is not below the prompt length "
-                               f"{len(request.input_ids)}")
+        bad = next((t for t in request.params.stop_token_ids or () if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise RequestError(f"sampling_params.stop_token_ids: {bad} is outside the vocabulary [0, {vocab})")
+        if request.return_logprob:
+            if not 0 <= request.top_logprobs_num <= vocab:
+                raise RequestError(f"top_logprobs_num must be in [0, {vocab}], got {request.top_logprobs_num}")
+            if request.logprob_start_len >= len(request.input_ids):
+                raise RequestError(f"logprob_start_len {request.logprob_start_len} is not below the prompt length "
+                                   f"{len(request.input_ids)}")
 
     def run(self, requests: list[Request], timeout_s: float | None = None) -> list[Request]:
         """Generate to completion: steps in the calling thread, or waits on the background loop if started."""
         for req in requests:
             self.submit(req)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while not all(r.finished for r in requests):
+        while not all(r.finished_at is not None for r in requests):  # retired, not just marked finished
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"requests not finished after {timeout_s}s")
             if self._thread is None:
@@ -120,7 +132,8 @@ class Engine:
         return future
 
     def request_stop(self) -> None:
-        """Make serve_forever return after the current step (safe from a signal handler: no lock)."""
+        """Make serve_forever return after the current step, failing what is in flight (safe from a signal
+        handler: no lock)."""
         self._stopping = True
 
     def shutdown(self) -> None:
@@ -150,7 +163,7 @@ class Engine:
 
     def pause(self, mode: str) -> None:
         if mode == "abort":
-            self.abort(message="generation paused")
+            self.abort()
         elif mode == "retract":
             self._drain_incoming()
             for row in reversed(range(len(self.running))):
@@ -217,10 +230,14 @@ class Engine:
                                  (not self.paused and (self._incoming or self.waiting or self.running))):
                 self._wake.wait(timeout=0.5)  # wakes for request_stop, which cannot notify from a signal handler
             if self._stopping:
+                self._drain_incoming()
+                self._fail_all("server shutting down")
                 return False
             commands = list(self._commands)
             self._commands.clear()
         for fn, future in commands:
+            if not future.set_running_or_notify_cancel():
+                continue
             try:
                 future.set_result(fn())
             except BaseException as exc:  # noqa: BLE001 - the caller gets the exception through its future
@@ -286,14 +303,14 @@ class Engine:
                 copies.append((first_with[key], row, len(ids)))
                 req.cached_tokens = len(ids)
                 continue
-            limit = len(ids) - 1 if not input_lp else max(req.logprob_start_len - 1, 0)
+            limit = len(ids) - 1 if not input_lp else req.logprob_start_len
             cached, saved = self.prefix_cache.match(ids, limit)
             if cached:
                 self.cache.insert(row, saved, cached)
             req.cached_tokens = cached
             segments.append(PrefillSegment(row, cached, len(ids) - cached))
             tokens.extend(ids[cached:])
-            positions = list(range(max(req.logprob_start_len, 1), len(ids))) if input_lp else []
+            positions = list(range(req.logprob_start_len + 1, len(ids))) if input_lp else []
             wants.append((req, packed, positions, cached))
             first_with.setdefault(key, row)
             last_index[row] = packed + len(ids) - cached - 1
@@ -307,8 +324,9 @@ class Engine:
             last_index[dst] = last_index[src]
         logits = self.model.logits(hidden)
         for req, start, positions, cached in wants:
-            if positions:
-                self._input_logprobs(req, logits[[where[start + p - 1 - cached] for p in positions]], positions)
+            if req.return_logprob and req.logprob_start_len >= 0 and not req.output_ids:
+                rows_at = [where[start + p - 1 - cached] for p in positions]
+                self._input_logprobs(req, logits[rows_at], positions)
         self.stats["prefill_tokens"] += len(tokens)
         self.stats["cached_tokens"] += sum(r.cached_tokens for r in batch)
         todo = [(row, req) for row, req in zip(rows, batch) if req.params.max_new_tokens > 0]
@@ -319,15 +337,15 @@ class Engine:
             self._sample_and_append([req for _, req in todo], logits[[where[last_index[row]] for row, _ in todo]])
 
     def _input_logprobs(self, req: Request, logits: torch.Tensor, positions: list[int]) -> None:
-        """Prompt log-probs are of the raw distribution (no temperature), as SGLang reports them."""
+        """Prompt log-probs from logprob_start_len on, of the raw distribution (no temperature), as SGLang reports
+        them: the first entry is always None, the rest are log p(token | what precedes it)."""
         logprobs = torch.log_softmax(logits, dim=-1)
-        targets = torch.tensor([req.input_ids[p] for p in positions])
-        values = logprobs.gather(1, targets[:, None]).squeeze(1).tolist()
-        lead = [None] if req.logprob_start_len == 0 else []
-        req.input_logprobs = lead + values
+        targets = torch.tensor([req.input_ids[p] for p in positions], dtype=torch.long)
+        req.input_logprobs = [None] + logprobs.gather(1, targets[:, None]).squeeze(1).tolist()
         if req.top_logprobs_num:
             top = logprobs.topk(req.top_logprobs_num, dim=-1)
-            req.input_top_logprobs = lead + [list(zip(v, i)) for v, i in zip(top.values.tolist(), top.indices.tolist())]
+            req.input_top_logprobs = [None] + [list(zip(v, i)) for v, i in zip(top.values.tolist(),
+                                                                               top.indices.tolist())]
 
     def _decode(self) -> None:
         self.cache.ensure(max(r.length for r in self.running))
@@ -404,5 +422,6 @@ class Engine:
     def _notify(self, req: Request) -> None:
         if req.finished:
             req.finished_at = time.time()
+            req.weight_version = self.weight_version  # the weights that produced its last tokens
         if req.on_update is not None:
             req.on_update(req)

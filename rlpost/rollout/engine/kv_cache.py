@@ -2,7 +2,8 @@
 
 Keeping the running rows contiguous lets a decode step attend over a view of the cache instead of gathering
 rows (on CPU a gather per layer costs as much as the matmuls). A finished sequence's row is refilled by moving the
-last running row into it. The time axis grows on demand, so memory follows the longest live sequence.
+last running row into it. The time axis grows on demand: memory is max_running rows times the longest sequence
+seen since the last release (it does not shrink).
 """
 
 from __future__ import annotations
@@ -20,10 +21,6 @@ class KVCache:
         self.capacity = 0
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
-
-    @property
-    def rows(self) -> int:
-        return self.shape[1]
 
     def ensure(self, length: int) -> None:
         """Room for positions [0, length) in every row."""

@@ -139,21 +139,23 @@ class DecoderLM:
         return table
 
     def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> int:
-        """Copy HF-named tensors into place (any subset, e.g. one resharding bucket); returns how many."""
-        count = 0
+        """Copy HF-named tensors into place (any subset, e.g. one resharding bucket); returns how many. Everything
+        is checked before anything is copied, so a bad name or shape leaves the model as it was."""
+        named = list(named)
         for name, tensor in named:
             if name not in self._table:
                 raise KeyError(f"unknown weight '{name}' for a {self.config.model_type} model "
                                f"(expected Hugging Face names such as 'model.layers.0.self_attn.q_proj.weight')")
             target, rows = self._table[name]
-            view = target[rows]
-            if tuple(tensor.shape) != tuple(view.shape):
-                raise ValueError(f"weight '{name}' has shape {tuple(tensor.shape)}, expected {tuple(view.shape)}")
-            with torch.no_grad():
-                view.copy_(tensor)
-            count += 1
+            if tuple(tensor.shape) != tuple(target[rows].shape):
+                raise ValueError(f"weight '{name}' has shape {tuple(tensor.shape)}, expected "
+                                 f"{tuple(target[rows].shape)}")
         self._packed.clear()
-        return count
+        with torch.no_grad():
+            for name, tensor in named:
+                target, rows = self._table[name]
+                target[rows].copy_(tensor)
+        return len(named)
 
     def tensors(self) -> list[torch.Tensor]:
         out = [self.embed, self.norm] + ([] if self.dims.tied else [self.lm_head])

@@ -19,9 +19,6 @@ class PrefixCache:
         self.tokens = 0
         self._next = 0
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
     def put(self, tokens: list[int], kv) -> None:
         if len(tokens) < self.min_tokens or len(tokens) > self.max_tokens:
             return

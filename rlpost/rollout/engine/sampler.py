@@ -1,7 +1,8 @@
 """Batched next-token choice with per-row sampling settings.
 
-Reported log-probs are those of the temperature-scaled distribution before top-k/top-p/min-p truncation: the
-distribution the trainer recomputes from its own logits, so rollout and training log-probs are comparable.
+Reported log-probs are those of the temperature-scaled distribution before top-k/top-p/min-p truncation, as
+SGLang reports them: the distribution the trainer recomputes from its own logits (penalties and tokens banned
+before min_new_tokens also shape it; the trainer does not see those).
 Rows with a seed draw from their own generator, so a seeded request's tokens do not depend on what else is in
 the batch.
 """
@@ -27,11 +28,11 @@ class RowSettings:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature < 1e-6 or self.top_k == 1  # SGLang's greedy threshold
+        return self.temperature < 1e-6  # SGLang's greedy threshold; top_k=1 keeps its temperature's log-probs
 
     @property
     def truncates(self) -> bool:
-        return self.top_p < 1.0 or self.top_k > 1 or self.min_p > 0.0
+        return self.top_p < 1.0 or self.top_k >= 1 or self.min_p > 0.0
 
     @property
     def penalised(self) -> bool:
@@ -103,7 +104,7 @@ def _truncate(logprobs: torch.Tensor, s: RowSettings) -> torch.Tensor:
     sorted_logprobs, order = logprobs.sort(descending=True)
     sorted_probs = sorted_logprobs.exp()
     drop = torch.zeros_like(sorted_probs, dtype=torch.bool)
-    if s.top_k > 1:
+    if s.top_k >= 1:
         drop[s.top_k:] = True
     if s.top_p < 1.0:
         # keep the smallest prefix whose mass reaches top_p (the first token always stays)

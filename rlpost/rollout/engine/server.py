@@ -24,15 +24,9 @@ from aiohttp import web
 
 from rlpost.rollout.engine.engine import Engine
 from rlpost.rollout.engine.request import Request, RequestError, SamplingParams
-from rlpost.rollout.engine.weight_group import WeightUpdateGroup
+from rlpost.rollout.engine.weight_group import WeightUpdateGroup, dtype_from_name
 from rlpost.rollout.tool_parser import parse_tool_calls
 
-_GENERATE_FIELDS = {
-    "text", "input_ids", "sampling_params", "return_logprob", "logprob_start_len", "top_logprobs_num",
-    "return_text_in_logprobs", "stream", "rid", "log_metrics", "session_params", "lora_path", "modalities",
-    "custom_logit_processor", "return_hidden_states", "data_parallel_rank", "background", "image_data",
-    "token_ids_logprob",
-}
 _UNSUPPORTED = {"image_data", "lora_path", "custom_logit_processor", "return_hidden_states", "token_ids_logprob"}
 
 
@@ -76,8 +70,8 @@ class EngineServer:
             ("/init_weights_update_group", self.init_group, post),
             ("/update_weights_from_distributed", self.update_from_distributed, post),
             ("/destroy_weights_update_group", self.destroy_group, post),
-            ("/release_memory_occupation", self.release_memory, post),
-            ("/resume_memory_occupation", self.resume_memory, post),
+            ("/release_memory_occupation", self.release_memory, both),
+            ("/resume_memory_occupation", self.resume_memory, both),
             ("/pause_generation", self.pause, post), ("/continue_generation", self.continue_generation, post),
             ("/abort_request", self.abort, post), ("/get_weight_version", self.weight_version, get),
             ("/v1/chat/completions", self.chat_completions, post), ("/v1/models", self.models, get),
@@ -128,9 +122,8 @@ class EngineServer:
 
     def _requests(self, body: dict) -> tuple[list[Request], bool]:
         """The engine requests of one /generate body, and whether the body was a batch."""
-        unknown = sorted(set(body) - _GENERATE_FIELDS)
-        if unknown:
-            raise RequestError(f"unknown field '{unknown[0]}' in /generate request")
+        # like SGLang, top-level fields this server does not know are ignored (clients send routing hints etc.);
+        # sampling_params is strict, because a misspelt sampling setting silently changes the rollout
         unsupported = sorted(k for k in _UNSUPPORTED if body.get(k))
         if unsupported:
             raise RequestError(f"'{unsupported[0]}' is not supported by the embedded engine")
@@ -152,14 +145,20 @@ class EngineServer:
         params_list = per_prompt if isinstance(per_prompt, list) else [per_prompt] * len(prompts)
         if len(params_list) != len(prompts):
             raise RequestError(f"{len(params_list)} sampling_params for {len(prompts)} prompts")
-        rids = body.get("rid")
-        rids = rids if isinstance(rids, list) else [rids] * len(prompts) if not batch or rids is None else None
-        if rids is None or len(rids) != len(prompts):
-            raise RequestError("'rid' of a batch must be a list with one id per prompt")
+        rid = body.get("rid")
+        if isinstance(rid, list):
+            rids = rid
+        elif rid is None:
+            rids = [None] * len(prompts)
+        else:
+            rids = [f"{rid}_{i}" for i in range(len(prompts))] if batch else [rid]
+        if len(rids) != len(prompts) or not all(r is None or isinstance(r, str) for r in rids):
+            raise RequestError("'rid' must be a string, or a list of strings with one per prompt")
 
         def per(name: str, default):
-            value = body.get(name, default)
-            return value if isinstance(value, list) else [value] * len(prompts)
+            value = body.get(name)
+            values = value if isinstance(value, list) else [value] * len(prompts)
+            return [default if v is None else v for v in values]
 
         return_logprob, start, top_n = per("return_logprob", False), per("logprob_start_len", -1), per(
             "top_logprobs_num", 0)
@@ -174,7 +173,6 @@ class EngineServer:
                     return_logprob=bool(return_logprob[i]), logprob_start_len=int(start[i]),
                     top_logprobs_num=int(top_n[i]), stream=bool(body.get("stream")),
                     generator=torch.Generator().manual_seed(seed + j) if seed is not None else None,
-                    weight_version=self.engine.weight_version,
                 )
                 self.engine.check(req)
                 requests.append(req)
@@ -206,6 +204,7 @@ class EngineServer:
 
             if req.logprob_start_len < 0:  # SGLang's default: only the last prompt token, without a log-prob
                 meta["input_token_logprobs"] = triples([None], req.input_ids[-1:])
+                req.input_top_logprobs = [None]
             else:
                 meta["input_token_logprobs"] = triples(req.input_logprobs, req.input_ids[req.logprob_start_len:])
             meta["output_token_logprobs"] = triples(req.output_logprobs[:len(ids)], ids)
@@ -242,7 +241,7 @@ class EngineServer:
                 remaining -= finished
         except asyncio.CancelledError:  # the client went away: free the rows
             for req in requests:
-                self.engine.call(lambda rid=req.rid: self.engine.abort(rid, "client disconnected"))
+                self.engine.call(lambda rid=req.rid: self.engine.abort(rid))
             raise
         outputs = [self._output(r, text_in_logprobs) for r in requests]
         return web.json_response(outputs if batch else outputs[0])
@@ -268,7 +267,7 @@ class EngineServer:
             await response.write(b"data: [DONE]\n\n")
         except (asyncio.CancelledError, ConnectionResetError):
             for req in requests:
-                self.engine.call(lambda rid=req.rid: self.engine.abort(rid, "client disconnected"))
+                self.engine.call(lambda rid=req.rid: self.engine.abort(rid))
             raise
         return response
 
@@ -284,7 +283,8 @@ class EngineServer:
             raise RequestError(f"the model's tokenizer ({self.engine.model_path}) has no chat template")
         tool_choice = body.get("tool_choice", "auto")
         use_tools = tools if tools and tool_choice != "none" else None
-        prompt = tok.apply_chat_template(messages, tools=use_tools, add_generation_prompt=True, tokenize=False)
+        prompt = tok.apply_chat_template(_with_parsed_arguments(messages), tools=use_tools,
+                                         add_generation_prompt=True, tokenize=False)
         stop = body.get("stop")
         params = SamplingParams.from_json({
             "max_new_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or
@@ -302,7 +302,7 @@ class EngineServer:
         requests = [
             Request(rid=f"{base}-{j}", input_ids=ids, params=params, return_logprob=logprobs, top_logprobs_num=top_n,
                     generator=torch.Generator().manual_seed(params.sampling_seed + j)
-                    if params.sampling_seed is not None else None, weight_version=self.engine.weight_version)
+                    if params.sampling_seed is not None else None)
             for j in range(params.n)
         ]
         for req in requests:
@@ -332,7 +332,7 @@ class EngineServer:
                                    "tool_calls": None}
         finish = req.finish_reason["type"]
         if parse_tools:
-            parsed = parse_tool_calls(text)
+            parsed = parse_tool_calls(text, known or None)  # calls to undeclared tools are dropped, as SGLang does
             if parsed.tool_calls:
                 message["content"] = parsed.content or None
                 message["tool_calls"] = [
@@ -351,7 +351,7 @@ class EngineServer:
             ]}
         matched = req.finish_reason.get("matched")
         return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish,
-                "matched_stop": matched if finish != "length" else None}
+                "matched_stop": matched if finish == "stop" else None}
 
     # ---- status --------------------------------------------------------------------------------------------------
 
@@ -359,10 +359,16 @@ class EngineServer:
         return web.Response(status=200)
 
     async def health_generate(self, request: web.Request) -> web.Response:
-        req = Request(rid=f"health-{uuid.uuid4().hex}", input_ids=[0], params=SamplingParams(max_new_tokens=1))
+        if self.engine.paused or self.engine.released:
+            return web.Response(status=503, text="generation is paused or memory is released")
+        req = Request(rid=f"HEALTH_CHECK_{uuid.uuid4().hex}", input_ids=[0], params=SamplingParams(max_new_tokens=1))
         queue = self._track([req])
         self.engine.submit(req)
-        await asyncio.wait_for(queue.get(), timeout=60)
+        try:
+            await asyncio.wait_for(queue.get(), timeout=20)
+        except asyncio.TimeoutError:
+            self.engine.call(lambda: self.engine.abort(req.rid))
+            return web.Response(status=503, text="no generation within 20 s")
         if req.finish_reason["type"] == "abort":
             return web.Response(status=503, text=req.finish_reason.get("message", "unhealthy"))
         return web.Response(status=200)
@@ -453,8 +459,8 @@ class EngineServer:
         missing = [k for k in ("master_address", "master_port", "rank_offset", "world_size") if k not in body]
         if missing:
             raise RequestError(f"/init_weights_update_group needs {', '.join(missing)}")
-        if body.get("backend", "gloo") not in ("gloo", "nccl"):
-            raise RequestError(f"backend '{body['backend']}' is not one of gloo, nccl")
+        if body.get("backend", "gloo") != "gloo":
+            raise RequestError(f"backend '{body['backend']}': the embedded engine runs on CPU and joins gloo groups only")
         if name in self.groups:
             return self._result(False, f"weight update group '{name}' already exists")
         try:
@@ -475,13 +481,16 @@ class EngineServer:
         if not (isinstance(names, list) and isinstance(dtypes, list) and isinstance(shapes, list)
                 and len(names) == len(dtypes) == len(shapes)):
             raise RequestError("'names', 'dtypes' and 'shapes' must be lists of equal length")
+        for dtype in dtypes:
+            dtype_from_name(dtype)  # a receiver that cannot allocate cannot take part in the broadcasts
         group = self.groups[name]
         return await self._update(body, lambda: group.receive(names, dtypes, shapes), "distributed")
 
     async def destroy_group(self, request: web.Request) -> web.Response:
         body = await _json(request)
         name = body.get("group_name", "weight_update_group")
-        group = self.groups.pop(name, None)
+        async with self._exclusive():
+            group = self.groups.pop(name, None)
         if group is None:
             return self._result(False, f"no weight update group '{name}'")
         group.close()
@@ -502,6 +511,9 @@ class EngineServer:
     async def pause(self, request: web.Request) -> web.Response:
         body = await _json(request)
         await self._on_engine(lambda: self.engine.pause(body.get("mode", "abort")))
+        if self._gate is not None:  # an update waiting for in-flight generations may now proceed
+            async with self._gate:
+                self._gate.notify_all()
         return web.json_response({"message": "Generation paused successfully.", "status": "ok"})
 
     async def continue_generation(self, request: web.Request) -> web.Response:
@@ -510,10 +522,10 @@ class EngineServer:
 
     async def abort(self, request: web.Request) -> web.Response:
         body = await _json(request)
-        rid = None if body.get("abort_all") else body.get("rid")
-        if rid is None and not body.get("abort_all"):
-            raise RequestError("give 'rid' or 'abort_all': true")
-        await self._on_engine(lambda: self.engine.abort(rid))
+        if body.get("abort_all"):
+            await self._on_engine(lambda: self.engine.abort(None))
+        elif body.get("rid"):  # an empty or unknown rid aborts nothing, as in SGLang
+            await self._on_engine(lambda: self.engine.abort(str(body["rid"])))
         return web.Response(status=200)
 
 
@@ -521,7 +533,8 @@ def serve(engine: Engine, host: str = "127.0.0.1", port: int = 30000, served_mod
     """HTTP on a background thread, the engine loop on this (the main) thread; SIGTERM/SIGINT stop both."""
     server = EngineServer(engine, served_model_name)
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
+    # handler_cancellation: a client that goes away cancels its handler, which aborts its requests
+    runner = web.AppRunner(server.app, access_log=None, handle_signals=False, handler_cancellation=True)
     loop.run_until_complete(runner.setup())
     loop.run_until_complete(web.TCPSite(runner, host, port).start())
     http = threading.Thread(target=loop.run_forever, name="rlpost-http", daemon=True)
@@ -534,3 +547,24 @@ def serve(engine: Engine, host: str = "127.0.0.1", port: int = 30000, served_mod
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         http.join(timeout=10)
+
+
+def _with_parsed_arguments(messages: list[dict]) -> list[dict]:
+    """OpenAI messages carry tool-call arguments as JSON strings; chat templates expect objects (they tojson them)."""
+    out = []
+    for message in messages:
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if calls:
+            message = {**message, "tool_calls": [_parsed_call(c) for c in calls]}
+        out.append(message)
+    return out
+
+
+def _parsed_call(call: dict) -> dict:
+    function = call.get("function") if isinstance(call, dict) else None
+    if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+        try:
+            return {**call, "function": {**function, "arguments": json.loads(function["arguments"])}}
+        except json.JSONDecodeError as e:
+            raise RequestError(f"tool call '{function.get('name')}' has arguments that are not JSON: {e}") from e
+    return call

@@ -6,21 +6,17 @@ rank_offset. Built directly on a store and a gloo group so it does not touch the
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Iterator
-
 import torch
 import torch.distributed as dist
 
+from rlpost.rollout.engine.model import DTYPES
 from rlpost.rollout.engine.request import RequestError
-
-_DTYPES = {name: getattr(torch, name) for name in ("float32", "bfloat16", "float16", "float64", "int64", "int32")}
-
 
 def dtype_from_name(name: str) -> torch.dtype:
     key = str(name).removeprefix("torch.")
-    if key not in _DTYPES:
-        raise RequestError(f"dtype '{name}' is not one of {', '.join(_DTYPES)}")
-    return _DTYPES[key]
+    if key not in DTYPES:
+        raise RequestError(f"dtype '{name}' is not one of {', '.join(DTYPES)}")
+    return DTYPES[key]
 
 
 def new_group(master_address: str, master_port: int, rank: int, world_size: int, group_name: str,
@@ -44,11 +40,15 @@ class WeightUpdateGroup:
             raise RequestError(f"rank_offset {rank_offset} must be in [1, world_size) (rank 0 is the trainer)")
         self.group, self._store = new_group(master_address, master_port, rank_offset, world_size, group_name)
 
-    def receive(self, names: list[str], dtypes: list[str], shapes: list[list[int]]) -> Iterator[tuple[str, torch.Tensor]]:
+    def receive(self, names: list[str], dtypes: list[str], shapes: list[list[int]]) -> list[tuple[str, torch.Tensor]]:
+        """Every announced tensor, in order. Called only after the announcement was checked: a receiver that
+        stopped half-way would leave the trainer blocked and later broadcasts paired with the wrong tensors."""
+        out = []
         for name, dtype, shape in zip(names, dtypes, shapes):
             tensor = torch.empty(tuple(shape), dtype=dtype_from_name(dtype))
             broadcast(self.group, tensor)
-            yield name, tensor
+            out.append((name, tensor))
+        return out
 
     def close(self) -> None:
         self.group, self._store = None, None
