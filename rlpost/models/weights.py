@@ -163,10 +163,14 @@ def _merge(entry: _Entry, shards: list[torch.Tensor], dims: ModelDims) -> list[t
     if entry.kind == "fc1":
         halves = [s.chunk(2) for s in shards]
         return [torch.cat([g for g, _ in halves]), torch.cat([u for _, u in halves])]
-    rest = shards[0].shape[1:]
+    return _unfuse_qkv(torch.cat(shards), dims.kv_heads, dims)
+
+
+def _unfuse_qkv(fused: torch.Tensor, groups: int, dims: ModelDims) -> list[torch.Tensor]:
+    """[groups * (q_per_group + 2) * head_dim, ...] interleaved per query group -> HF q, k, v rows of those groups."""
+    rest = fused.shape[1:]
     q_rows = dims.heads // dims.kv_heads * dims.head_dim
-    fused = torch.cat(shards).reshape(dims.kv_heads, q_rows + 2 * dims.head_dim, *rest)
-    q, k, v = fused.split([q_rows, dims.head_dim, dims.head_dim], dim=1)
+    q, k, v = fused.reshape(groups, q_rows + 2 * dims.head_dim, *rest).split([q_rows, dims.head_dim, dims.head_dim], 1)
     return [t.reshape(-1, *rest) for t in (q, k, v)]
 
 
@@ -199,12 +203,7 @@ def hf_to_megatron_shard(get_hf: Callable[[str], torch.Tensor], dims: ModelDims,
 _LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 
 
-def megatron_to_hf(name: str, tp_shards: list[torch.Tensor], dims: ModelDims, layer_offset: int,
-                   spec: str = "local") -> list[tuple[str, torch.Tensor]]:
-    """One megatron parameter (all its TP shards, or one copy if replicated) -> the HF tensors it holds.
-
-    The tied output layer of the last stage yields nothing: HF ties lm_head to the embedding the first stage yields.
-    """
+def _entry_for(name: str, dims: ModelDims, layer_offset: int, spec: str) -> _Entry:
     _check_spec(spec)
     match = _LAYER.fullmatch(name)
     if match:
@@ -217,6 +216,37 @@ def megatron_to_hf(name: str, tp_shards: list[torch.Tensor], dims: ModelDims, la
     entry = next((e for e in entries if e.megatron == name), None)
     if entry is None:
         raise ValueError(f"megatron parameter '{name}' has no HF counterpart for this model (spec '{spec}')")
+    return entry
+
+
+def megatron_to_hf(name: str, tp_shards: list[torch.Tensor], dims: ModelDims, layer_offset: int,
+                   spec: str = "local") -> list[tuple[str, torch.Tensor]]:
+    """One megatron parameter (all its TP shards, or one copy if replicated) -> the HF tensors it holds.
+
+    The tied output layer of the last stage yields nothing: HF ties lm_head to the embedding the first stage yields.
+    """
+    entry = _entry_for(name, dims, layer_offset, spec)
     if not entry.hf:
         return []
     return list(zip(entry.hf, _merge(entry, tp_shards, dims)))
+
+
+# the HF dimension a TP shard slices (None: replicated), by entry kind
+_HF_SHARD_DIM = {"copy": None, "col": 1, "vocab": 0, "qkv": 0, "fc1": 0}
+
+
+def megatron_shard_to_hf(name: str, shard: torch.Tensor, dims: ModelDims, tp: int, layer_offset: int,
+                         spec: str = "local") -> list[tuple[str, torch.Tensor, int | None]]:
+    """One TP shard of a megatron parameter -> (HF name, the slice of that HF tensor it holds, the HF dim it is a
+    slice along or None when replicated). Vocabulary rows keep megatron's padding. Concatenating the slices of
+    consecutive TP ranks gives the HF tensor's slice for all of them, which is how resharding assembles an
+    inference shard without the full tensor."""
+    entry = _entry_for(name, dims, layer_offset, spec)
+    dim = _HF_SHARD_DIM[entry.kind]
+    if not entry.hf:
+        return []
+    if entry.kind == "fc1":
+        return [(n, t, dim) for n, t in zip(entry.hf, shard.chunk(2))]
+    if entry.kind == "qkv":
+        return [(n, t, dim) for n, t in zip(entry.hf, _unfuse_qkv(shard, dims.kv_heads // tp, dims))]
+    return [(entry.hf[0], shard, dim)]
