@@ -58,6 +58,26 @@ class ModelDims:
         )
 
 
+_HF_SHAPES = {  # name suffix -> shape as a function of the dims
+    "q_proj.weight": lambda d: (d.heads * d.head_dim, d.hidden), "q_proj.bias": lambda d: (d.heads * d.head_dim,),
+    "k_proj.weight": lambda d: (d.kv_heads * d.head_dim, d.hidden), "k_proj.bias": lambda d: (d.kv_heads * d.head_dim,),
+    "v_proj.weight": lambda d: (d.kv_heads * d.head_dim, d.hidden), "v_proj.bias": lambda d: (d.kv_heads * d.head_dim,),
+    "o_proj.weight": lambda d: (d.hidden, d.heads * d.head_dim), "gate_proj.weight": lambda d: (d.ffn, d.hidden),
+    "up_proj.weight": lambda d: (d.ffn, d.hidden), "down_proj.weight": lambda d: (d.hidden, d.ffn),
+    "q_norm.weight": lambda d: (d.head_dim,), "k_norm.weight": lambda d: (d.head_dim,),
+    "layernorm.weight": lambda d: (d.hidden,), "model.norm.weight": lambda d: (d.hidden,),
+    "embed_tokens.weight": lambda d: (d.vocab, d.hidden), "lm_head.weight": lambda d: (d.vocab, d.hidden),
+}
+
+
+def hf_shape(name: str, dims: ModelDims) -> tuple[int, ...]:
+    """The shape of an HF tensor of this model, from its dims alone (receivers allocate before data arrives)."""
+    for suffix, shape in _HF_SHAPES.items():
+        if name.endswith(suffix):
+            return shape(dims)
+    raise ValueError(f"'{name}' is not a tensor of a Llama/Qwen2/Qwen3 model")
+
+
 def padded_vocab(vocab: int, tp: int, multiple: int = 128) -> int:
     """Megatron's vocabulary size: every TP rank gets an equal, GEMM-friendly slice of the embedding."""
     step = multiple * tp

@@ -1,0 +1,86 @@
+"""Move weights from the training layout into each rank's inference shard, inside micro-DP groups only, in buckets.
+
+Every rank walks the model in the same order (stage by stage, parameter by parameter). For each parameter, the
+group members holding a needed shard broadcast it within the group; each member converts what it now has into its
+inference shard's HF tensors (rlpost.resharding.assemble) and hands them on bucket by bucket, so extra memory stays
+about one bucket plus one parameter's shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from rlpost.models.weights import ModelDims, hf_shape, hf_to_megatron_shard, padded_vocab, stage_layers
+from rlpost.resharding.assemble import inference_shard
+from rlpost.resharding.plan import ReshardPlan, train_coord
+
+
+def make_groups(plan: ReshardPlan) -> dict[tuple[int, ...], object]:
+    """One process group per micro-DP group of more than one rank; every rank must call this, in the same order."""
+    return {g: dist.new_group(list(g)) for g in plan.micro_dp_groups if len(g) > 1}
+
+
+def shard_shapes(dims: ModelDims, tp: int, pp: int, stage: int, spec: str = "local") -> dict[str, torch.Size]:
+    """Megatron shard shapes of a stage, computed on meta tensors (the same for every TP rank)."""
+    shards = hf_to_megatron_shard(lambda n: torch.empty(hf_shape(n, dims), device="meta"), dims, tp, pp, 0, stage,
+                                  padded_vocab(dims.vocab, tp), spec)
+    return {name: t.shape for name, t in shards.items()}
+
+
+@dataclass
+class TransferStats:
+    bytes_sent: int = 0  # bytes this rank broadcast times the peers that received them
+    buckets: int = 0
+    peak_bucket_bytes: int = 0
+    tensors: int = 0
+    bucket_sizes: list[int] = field(default_factory=list)
+
+
+def inference_buckets(plan: ReshardPlan, rank: int, params: dict[str, torch.Tensor], dims: ModelDims,
+                      groups: dict[tuple[int, ...], object], bucket_bytes: int, dtype: torch.dtype,
+                      stats: TransferStats | None = None, spec: str = "local",
+                      ) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """This rank's inference shard as buckets of (HF name, tensor). params: this rank's megatron stage (name ->
+    tensor). Collective within the rank's micro-DP group: all members must iterate to the end."""
+    stats = stats if stats is not None else TransferStats()
+    tp, pp, dp = plan.tp, plan.pp, plan.dp
+    group = plan.group_of(rank)
+    process_group = groups.get(group)
+    _, infer_rank = plan.inference_position(rank)
+    holder = {(c.pp_rank, c.tp_rank): c.rank for c in (train_coord(r, tp, pp, dp) for r in group)}
+    bucket, size = [], 0
+    for stage in sorted({s for s, _ in holder}):
+        offset = stage_layers(dims.num_layers, pp, stage).start
+        tp_ranks = sorted(t for s, t in holder if s == stage)
+        for name, shape in shard_shapes(dims, tp, pp, stage, spec).items():
+            if dims.tied and name == "output_layer.weight":
+                continue  # the last stage's copy of the tied embedding: the first stage sends the embedding
+            shards = {}
+            for t in tp_ranks:
+                src = holder[(stage, t)]
+                tensor = params[name].contiguous() if src == rank else torch.empty(shape, dtype=dtype)
+                if process_group is not None:
+                    dist.broadcast(tensor, src=src, group=process_group)
+                    if src == rank:
+                        stats.bytes_sent += tensor.numel() * tensor.element_size() * (len(group) - 1)
+                shards[t] = tensor
+            for hf_name, tensor in inference_shard(name, shards, dims, tp, plan.infer_tp, infer_rank, offset, spec):
+                bucket.append((hf_name, tensor))
+                size += tensor.numel() * tensor.element_size()
+                stats.tensors += 1
+                if size >= bucket_bytes:
+                    yield _emit(bucket, size, stats)
+                    bucket, size = [], 0
+    if bucket:
+        yield _emit(bucket, size, stats)
+
+
+def _emit(bucket: list, size: int, stats: TransferStats) -> list:
+    stats.buckets += 1
+    stats.bucket_sizes.append(size)
+    stats.peak_bucket_bytes = max(stats.peak_bucket_bytes, size)
+    return bucket
