@@ -114,3 +114,84 @@ def test_gloo_transfer_delivers_each_rank_its_shard(model, tp, pp, dp, infer_tp)
         stored = sum(results[r][2] for r in replica)
         sent = sum(results[r][1].bytes_sent for r in replica)
         assert sent / (tp * pp) == plan.sent_fraction() * stored
+
+
+def _push_rank(rank, world, base, urls, master_port):
+    from transformers import AutoConfig
+
+    from rlpost.models.safetensors_dir import SafetensorsDir
+    from rlpost.resharding.transfer import inference_buckets, make_groups
+    from rlpost.resharding.transports import BroadcastTransport, HTTPTransport, push_buckets
+
+    dims = ModelDims.from_hf_config(AutoConfig.from_pretrained(base))
+    reader = SafetensorsDir(base)
+    params = hf_to_megatron_shard(reader.get, dims, world, 1, rank, 0, padded_vocab(dims.vocab, world))
+    plan = make_plan(world, 1, 1, 1)
+    buckets = inference_buckets(plan, rank, params, dims, make_groups(plan), 16384, torch.float32)
+    if rank == 0:
+        transport = HTTPTransport(urls[0])
+    else:
+        transport = BroadcastTransport([urls[1]], "127.0.0.1", master_port)
+    return push_buckets(buckets, transport, "v7")
+
+
+def test_resharded_weights_pushed_over_http_and_broadcast_serve_the_trained_model(tmp_path):
+    """Two training TP ranks, two inference replicas: rank 0 pushes through /update_weights_from_tensor, rank 1
+    broadcasts through /update_weights_from_distributed; both servers started with other weights."""
+    import json
+    import urllib.request
+
+    from rlpost.rollout.launcher import ServerProcess, ServerSpec
+    from rlpost.testing.checkpoints import make_tiny_checkpoint
+    from rlpost.testing.distributed import free_port
+    from transformers import AutoModelForCausalLM
+
+    base = make_tiny_checkpoint("qwen2", tmp_path / "base")
+    other = make_tiny_checkpoint("qwen2", tmp_path / "other", seed=1)
+    prompt = [15, 27, 99, 140, 200, 33]
+    expected = AutoModelForCausalLM.from_pretrained(base).generate(
+        torch.tensor([prompt]), max_new_tokens=8, do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    servers = [ServerProcess(ServerSpec(str(other), port=free_port(), dtype="float32"), tmp_path / f"s{i}.log")
+               for i in range(2)]
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_healthy(timeout_s=120)
+        urls = [s.spec.url for s in servers]
+        counts = run_ranks(_push_rank, 2, str(base), urls, free_port())
+        assert counts[0] == counts[1] > 0
+        for url in urls:
+            body = json.dumps({"input_ids": prompt, "sampling_params": {"max_new_tokens": 8, "temperature": 0}})
+            request = urllib.request.Request(url + "/generate", data=body.encode(), method="POST")
+            answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+            assert answer["output_ids"] == expected and answer["meta_info"]["weight_version"] == "v7"
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_in_process_push_into_a_colocated_engine(tmp_path):
+    from rlpost.models.safetensors_dir import SafetensorsDir
+    from rlpost.resharding.transfer import inference_buckets
+    from rlpost.resharding.transports import EngineTransport, push_buckets
+    from rlpost.rollout.engine.engine import Engine
+    from rlpost.rollout.engine.request import Request, SamplingParams
+    from rlpost.testing.checkpoints import make_tiny_checkpoint
+
+    base = make_tiny_checkpoint("llama", tmp_path / "base", tie_word_embeddings=True)
+    other = make_tiny_checkpoint("llama", tmp_path / "other", seed=1, tie_word_embeddings=True)
+    engine = Engine(other, dtype="float32").start()
+    reference = Engine(base, dtype="float32")
+    try:
+        dims = engine.model.dims
+        params = hf_to_megatron_shard(SafetensorsDir(base).get, dims, 1, 1, 0, 0, padded_vocab(dims.vocab, 1))
+        buckets = inference_buckets(make_plan(1, 1, 1, 1), 0, params, dims, {}, 4096, torch.float32)
+        push_buckets(buckets, EngineTransport(engine), "step-3")
+        prompt = [5, 9, 200, 31]
+        got = engine.run([Request("a", prompt, SamplingParams(max_new_tokens=6, temperature=0.0))])[0]
+        want = reference.run([Request("b", prompt, SamplingParams(max_new_tokens=6, temperature=0.0))])[0]
+        assert got.output_ids == want.output_ids and engine.weight_version == "step-3"
+    finally:
+        engine.shutdown()
+        reference.shutdown()
