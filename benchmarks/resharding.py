@@ -5,8 +5,7 @@ Per layout it prints bytes each rank sends (measured) against the HybridFlow for
 (infer_tp*tp*pp) * M and a full all-gather's (tp*pp - 1)/(tp*pp) * M, with M the model as the training layout stores
 it; wall time of both transfers (same ranks, same run, every rank ending with its inference shard; the second of two
 runs each); and each
-side's increase of peak resident memory on the busiest rank (ru_maxrss; the naive side runs second, so it shows
-only what exceeds the HybridFlow peak).
+side's peak extra resident memory on the busiest rank (sampled after each bucket or parameter).
 
     python benchmarks/resharding.py [--layers 8] [--hidden 1024] [--bucket-mb 64] [--layouts 4,1,1,2;2,2,1,1]
 """
@@ -30,15 +29,17 @@ from rlpost.testing.state_dicts import random_hf_state
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Current resident memory (sampled after each bucket or parameter: peaks between samples are missed)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
 
 
-def naive(plan, rank, params, dims) -> int:
+def naive(plan, rank, params, dims) -> tuple[int, float]:
     """Per parameter, rank 0 collects every shard, converts to full HF tensors and broadcasts them to all ranks,
-    which keep their inference slice. Returns the bytes this rank sent."""
+    which keep their inference slice. Returns (bytes this rank sent, peak sampled resident MB)."""
     tp, pp, dp = plan.tp, plan.pp, plan.dp
     _, infer_rank = plan.inference_position(rank)
-    sent = 0
+    sent, peak = 0, _rss_mb()
     for stage in range(pp):
         offset = stage_layers(dims.num_layers, pp, stage).start
         for name, shape in shard_shapes(dims, tp, pp, stage).items():
@@ -64,7 +65,8 @@ def naive(plan, rank, params, dims) -> int:
                 if rank == 0:
                     sent += tensor.numel() * tensor.element_size() * (dist.get_world_size() - 1)
                 tensor.chunk(plan.infer_tp, dim=0)[infer_rank].clone()  # the slice this rank's engine keeps
-    return sent
+                peak = max(peak, _rss_mb())
+    return sent, peak
 
 
 def _rank(rank, world, dims, tp, pp, dp, infer_tp, bucket_bytes):
@@ -76,27 +78,27 @@ def _rank(rank, world, dims, tp, pp, dp, infer_tp, bucket_bytes):
                  if not (dims.tied and n == "output_layer.weight"))
     plan = make_plan(tp, pp, dp, infer_tp)
     groups = make_groups(plan)
-    def hybrid() -> TransferStats:
-        stats = TransferStats()
+    def hybrid() -> tuple[TransferStats, float]:
+        stats, peak = TransferStats(), _rss_mb()
         for _ in inference_buckets(plan, rank, params, dims, groups, bucket_bytes, torch.float32, stats):
-            pass
-        return stats
+            peak = max(peak, _rss_mb())  # the bucket is alive here, as when a transport sends it
+        return stats, peak
 
     # resharding runs after every update: time the second run of each (the first sets up gloo connections)
-    base = _rss_mb()
     hybrid()
     dist.barrier()
-    start = time.perf_counter()
-    stats = hybrid()
-    dist.barrier()
-    hybrid_s, hybrid_mb = time.perf_counter() - start, _rss_mb() - base
     base = _rss_mb()
+    start = time.perf_counter()
+    stats, peak = hybrid()
+    dist.barrier()
+    hybrid_s, hybrid_mb = time.perf_counter() - start, peak - base
     naive(plan, rank, params, dims)
     dist.barrier()
+    base = _rss_mb()
     start = time.perf_counter()
-    naive_sent = naive(plan, rank, params, dims)
+    naive_sent, peak = naive(plan, rank, params, dims)
     dist.barrier()
-    naive_s, naive_mb = time.perf_counter() - start, _rss_mb() - base
+    naive_s, naive_mb = time.perf_counter() - start, peak - base
     return dict(stored=stored, sent=stats.bytes_sent, hybrid_s=hybrid_s, hybrid_mb=hybrid_mb, naive_sent=naive_sent,
                 naive_s=naive_s, naive_mb=naive_mb, peak_bucket=stats.peak_bucket_bytes)
 
