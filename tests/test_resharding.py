@@ -195,3 +195,26 @@ def test_in_process_push_into_a_colocated_engine(tmp_path):
     finally:
         engine.shutdown()
         reference.shutdown()
+
+
+def _full_rank(rank, world, model, tp, pp, dp, infer_tp):
+    from rlpost.resharding.transfer import full_buckets, inference_buckets, make_groups
+
+    dims = DIMS[model]
+    c = train_coord(rank, tp, pp, dp)
+    params = hf_to_megatron_shard(random_hf_state(dims).__getitem__, dims, tp, pp, c.tp_rank, c.pp_rank,
+                                  padded_vocab(dims.vocab, tp))
+    plan = make_plan(tp, pp, dp, infer_tp)
+    groups, replicas = make_groups(plan), make_groups(plan, replicas=True)
+    shards = inference_buckets(plan, rank, params, dims, groups, 8192, torch.float32)
+    return {name: t for bucket in full_buckets(plan, rank, shards, dims, replicas) for name, t in bucket}
+
+
+@pytest.mark.parametrize("model,tp,pp,dp,infer_tp", [
+    ("qwen2_untied", 2, 2, 1, 2), ("qwen3_tied", 4, 1, 1, 2), ("qwen2_untied", 1, 2, 2, 2),
+])
+def test_full_tensors_for_sglang_are_gathered_across_the_inference_replica(model, tp, pp, dp, infer_tp):
+    state = random_hf_state(DIMS[model])
+    for received in run_ranks(_full_rank, tp * pp * dp, model, tp, pp, dp, infer_tp):
+        assert sorted(received) == sorted(state)
+        assert all(torch.equal(received[name], state[name]) for name in state)

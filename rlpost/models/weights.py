@@ -70,6 +70,15 @@ _HF_SHAPES = {  # name suffix -> shape as a function of the dims
 }
 
 
+def hf_shard_dim(name: str) -> int | None:
+    """The dimension tensor parallelism splits an HF tensor along (None: replicated, e.g. norms)."""
+    if name.endswith(("o_proj.weight", "down_proj.weight")):
+        return 1
+    if name.endswith(("_proj.weight", "_proj.bias", "embed_tokens.weight", "lm_head.weight")):
+        return 0
+    return None
+
+
 def hf_shape(name: str, dims: ModelDims) -> tuple[int, ...]:
     """The shape of an HF tensor of this model, from its dims alone (receivers allocate before data arrives)."""
     for suffix, shape in _HF_SHAPES.items():

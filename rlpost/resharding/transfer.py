@@ -14,14 +14,15 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from rlpost.models.weights import ModelDims, hf_shape, hf_to_megatron_shard, padded_vocab, stage_layers
-from rlpost.resharding.assemble import inference_shard
+from rlpost.models.weights import ModelDims, hf_shape, hf_shard_dim, hf_to_megatron_shard, padded_vocab, stage_layers
+from rlpost.resharding.assemble import VOCAB_NAMES, inference_shard
 from rlpost.resharding.plan import ReshardPlan, train_coord
 
 
-def make_groups(plan: ReshardPlan) -> dict[tuple[int, ...], object]:
-    """One process group per micro-DP group of more than one rank; every rank must call this, in the same order."""
-    return {g: dist.new_group(list(g)) for g in plan.micro_dp_groups if len(g) > 1}
+def make_groups(plan: ReshardPlan, replicas: bool = False) -> dict[tuple[int, ...], object]:
+    """One process group per micro-DP group (or, with replicas, per inference replica) of more than one rank;
+    every rank must call this, in the same order."""
+    return {g: dist.new_group(list(g)) for g in (plan.replicas if replicas else plan.micro_dp_groups) if len(g) > 1}
 
 
 def shard_shapes(dims: ModelDims, tp: int, pp: int, stage: int, spec: str = "local") -> dict[str, torch.Size]:
@@ -77,6 +78,32 @@ def inference_buckets(plan: ReshardPlan, rank: int, params: dict[str, torch.Tens
                     bucket, size = [], 0
     if bucket:
         yield _emit(bucket, size, stats)
+
+
+def full_buckets(plan: ReshardPlan, rank: int, buckets: Iterator[list[tuple[str, torch.Tensor]]], dims: ModelDims,
+                 replica_groups: dict[tuple[int, ...], object], stats: TransferStats | None = None,
+                 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Full HF tensors from inference shards, gathered across the rank's inference replica: what SGLang's weight
+    updates take (each of its TP ranks slices for itself). Collective within the replica."""
+    stats = stats if stats is not None else TransferStats()
+    replica = plan.replicas[plan.inference_position(rank)[0]]
+    group = replica_groups.get(replica)
+    rows = padded_vocab(dims.vocab, plan.tp) // plan.infer_tp
+    for bucket in buckets:
+        out = []
+        for name, shard in bucket:
+            dim = hf_shard_dim(name)
+            if group is None or dim is None:
+                out.append((name, shard))
+                continue
+            if name in VOCAB_NAMES:  # slices were trimmed of padding: pad back to equal sizes for the gather
+                shard = torch.cat([shard, shard.new_zeros(rows - shard.shape[0], *shard.shape[1:])])
+            parts = [torch.empty_like(shard) for _ in replica]
+            dist.all_gather(parts, shard.contiguous(), group=group)
+            stats.bytes_sent += shard.numel() * shard.element_size() * (len(replica) - 1)
+            full = torch.cat(parts, dim=dim)
+            out.append((name, full[: dims.vocab] if name in VOCAB_NAMES else full))
+        yield out
 
 
 def _emit(bucket: list, size: int, stats: TransferStats) -> list:
