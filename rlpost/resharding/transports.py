@@ -8,15 +8,13 @@ Synchronous on purpose: resharding runs in the training worker's thread, bucket 
 
 from __future__ import annotations
 
-import json
+import asyncio
 import threading
-import urllib.error
-import urllib.request
 from typing import Iterable, Iterator
 
 import torch
 
-from rlpost.rollout.client import serialize_named_tensors
+from rlpost.rollout.client import SGLangClient
 from rlpost.rollout.engine.weight_group import broadcast, new_group
 
 Bucket = list[tuple[str, torch.Tensor]]
@@ -33,17 +31,13 @@ def with_last(buckets: Iterable[Bucket]) -> Iterator[tuple[Bucket, bool]]:
         yield previous, True
 
 
-def _post(url: str, path: str, payload: dict, timeout_s: float) -> dict:
-    request = urllib.request.Request(url.rstrip("/") + path, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            body = json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as e:
-        raise RuntimeError(f"{url}{path} answered HTTP {e.code}: {e.read().decode(errors='replace')}") from e
-    if isinstance(body, dict) and body.get("success") is False:
-        raise RuntimeError(f"{url}{path} failed: {body.get('message')}")
-    return body
+def _call(urls: list[str], method: str, *args, timeout_s: float, **kwargs):
+    """One SGLangClient call from synchronous code (its own event loop and session)."""
+    async def call():
+        async with SGLangClient(urls, timeout_s=timeout_s) as client:
+            return await getattr(client, method)(*args, **kwargs)
+
+    return asyncio.run(call())
 
 
 class EngineTransport:
@@ -63,9 +57,10 @@ class HTTPTransport:
         self.url, self.timeout_s = url, timeout_s
 
     def push(self, bucket: Bucket, last: bool, version: str) -> None:
-        payload = {"serialized_named_tensors": [serialize_named_tensors([(n, t.clone()) for n, t in bucket])],
-                   "load_format": None, "flush_cache": last, "weight_version": version}
-        _post(self.url, "/update_weights_from_tensor", payload, self.timeout_s)
+        # copies: serialising moves a CPU tensor's storage into shared memory, and bucket tensors may be the
+        # trainer's own parameters (replicated ones pass through unchanged)
+        _call([self.url], "update_weights_from_tensor", [(n, t.clone()) for n, t in bucket], flush_cache=last,
+              weight_version=version, timeout_s=self.timeout_s)
 
 
 class BroadcastTransport:
@@ -75,37 +70,40 @@ class BroadcastTransport:
     def __init__(self, urls: list[str], master_address: str, master_port: int, group_name: str = "weight_update_group",
                  timeout_s: float = 600.0):
         self.urls, self.group_name, self.timeout_s = urls, group_name, timeout_s
-        joins = [threading.Thread(target=_post, args=(url, "/init_weights_update_group", {
-            "master_address": master_address, "master_port": master_port, "rank_offset": 1 + i,
-            "world_size": 1 + len(urls), "group_name": group_name, "backend": "gloo"}, timeout_s))
-            for i, url in enumerate(urls)]
-        for thread in joins:
-            thread.start()
+        joined = _in_thread(_call, urls, "init_weights_update_group", master_address, master_port,
+                            world_size=1 + len(urls), group_name=group_name, timeout_s=timeout_s)
         self.group, self._store = new_group(master_address, master_port, 0, 1 + len(urls), group_name)
-        for thread in joins:
-            thread.join()
+        joined()
 
     def push(self, bucket: Bucket, last: bool, version: str) -> None:
-        payload = {"names": [n for n, _ in bucket], "dtypes": [str(t.dtype).removeprefix("torch.") for _, t in bucket],
-                   "shapes": [list(t.shape) for _, t in bucket], "group_name": self.group_name, "flush_cache": last,
-                   "weight_version": version}
-        errors: list[BaseException] = []
-
-        def announce(url: str) -> None:
-            try:
-                _post(url, "/update_weights_from_distributed", payload, self.timeout_s)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the pushing thread
-                errors.append(e)
-
-        calls = [threading.Thread(target=announce, args=(url,)) for url in self.urls]
-        for thread in calls:
-            thread.start()
+        announced = _in_thread(
+            _call, self.urls, "update_weights_from_distributed", [n for n, _ in bucket],
+            [str(t.dtype).removeprefix("torch.") for _, t in bucket], [list(t.shape) for _, t in bucket],
+            group_name=self.group_name, flush_cache=last, weight_version=version, timeout_s=self.timeout_s)
         for _, tensor in bucket:
             broadcast(self.group, tensor.contiguous())
-        for thread in calls:
-            thread.join()
+        announced()
+
+
+def _in_thread(fn, *args, **kwargs):
+    """Start fn on a thread; the returned function joins it and re-raises what it raised."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised by the caller's join
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def join() -> None:
+        thread.join()
         if errors:
             raise errors[0]
+
+    return join
 
 
 def push_buckets(buckets: Iterable[Bucket], transport, version: str) -> int:

@@ -289,7 +289,8 @@ class Engine:
         self.cache.ensure(max(r.length for r in self.running + batch) + 1)
         segments, tokens, copies, last_index = [], [], [], {}
         first_with: dict[tuple[int, ...], int] = {}
-        wants: list[tuple[Request, int, list[int]]] = []  # (request, first packed index, input logprob positions)
+        # requests wanting prompt log-probs: (request, first packed index, positions, cached prefix length)
+        wants: list[tuple[Request, int, list[int], int]] = []
         packed = 0
         rows = []
         for req in batch:
@@ -310,8 +311,8 @@ class Engine:
             req.cached_tokens = cached
             segments.append(PrefillSegment(row, cached, len(ids) - cached))
             tokens.extend(ids[cached:])
-            positions = list(range(req.logprob_start_len + 1, len(ids))) if input_lp else []
-            wants.append((req, packed, positions, cached))
+            if input_lp:
+                wants.append((req, packed, list(range(req.logprob_start_len + 1, len(ids))), cached))
             first_with.setdefault(key, row)
             last_index[row] = packed + len(ids) - cached - 1
             packed += len(ids) - cached
@@ -324,9 +325,7 @@ class Engine:
             last_index[dst] = last_index[src]
         logits = self.model.logits(hidden)
         for req, start, positions, cached in wants:
-            if req.return_logprob and req.logprob_start_len >= 0 and not req.output_ids:
-                rows_at = [where[start + p - 1 - cached] for p in positions]
-                self._input_logprobs(req, logits[rows_at], positions)
+            self._input_logprobs(req, logits[[where[start + p - 1 - cached] for p in positions]], positions)
         self.stats["prefill_tokens"] += len(tokens)
         self.stats["cached_tokens"] += sum(r.cached_tokens for r in batch)
         todo = [(row, req) for row, req in zip(rows, batch) if req.params.max_new_tokens > 0]

@@ -164,19 +164,21 @@ class EngineServer:
             "top_logprobs_num", 0)
         requests = []
         for i, prompt in enumerate(prompts):
-            params = SamplingParams.from_json(params_list[i])
-            base = rids[i] or uuid.uuid4().hex
-            for j in range(params.n):
-                seed = params.sampling_seed
-                req = Request(
-                    rid=base if params.n == 1 else f"{base}-{j}", input_ids=list(prompt), params=params,
-                    return_logprob=bool(return_logprob[i]), logprob_start_len=int(start[i]),
-                    top_logprobs_num=int(top_n[i]), stream=bool(body.get("stream")),
-                    generator=torch.Generator().manual_seed(seed + j) if seed is not None else None,
-                )
-                self.engine.check(req)
-                requests.append(req)
+            requests += self._samples(
+                rids[i] or uuid.uuid4().hex, prompt, SamplingParams.from_json(params_list[i]),
+                return_logprob=bool(return_logprob[i]), logprob_start_len=int(start[i]),
+                top_logprobs_num=int(top_n[i]), stream=bool(body.get("stream")))
         return requests, batch or len(requests) > 1
+
+    def _samples(self, base: str, ids: list[int], params: SamplingParams, **fields) -> list[Request]:
+        """The params.n checked requests of one prompt; a seeded one draws sample j from seed + j."""
+        seed = params.sampling_seed
+        requests = [Request(rid=base if params.n == 1 else f"{base}-{j}", input_ids=list(ids), params=params,
+                            generator=torch.Generator().manual_seed(seed + j) if seed is not None else None, **fields)
+                    for j in range(params.n)]
+        for req in requests:
+            self.engine.check(req)
+        return requests
 
     def _output(self, req: Request, text_in_logprobs: bool, upto: int | None = None) -> dict:
         """The response object; with upto, a streaming snapshot of the first upto tokens (not yet finished)."""
@@ -232,6 +234,12 @@ class EngineServer:
             return await self._complete(requests, batch, queue, text_in_logprobs)
 
     async def _complete(self, requests, batch, queue, text_in_logprobs) -> web.Response:
+        await self._run(requests, queue)
+        outputs = [self._output(r, text_in_logprobs) for r in requests]
+        return web.json_response(outputs if batch else outputs[0])
+
+    async def _run(self, requests: list[Request], queue: asyncio.Queue) -> None:
+        """Submit and wait until every request has finished."""
         for req in requests:
             self.engine.submit(req)
         try:
@@ -240,11 +248,12 @@ class EngineServer:
                 _, _, finished = await queue.get()
                 remaining -= finished
         except asyncio.CancelledError:  # the client went away: free the rows
-            for req in requests:
-                self.engine.call(lambda rid=req.rid: self.engine.abort(rid))
+            self._abort(requests)
             raise
-        outputs = [self._output(r, text_in_logprobs) for r in requests]
-        return web.json_response(outputs if batch else outputs[0])
+
+    def _abort(self, requests: list[Request]) -> None:
+        for req in requests:
+            self.engine.call(lambda rid=req.rid: self.engine.abort(rid))
 
     async def _stream(self, request, requests, batch, queue, text_in_logprobs) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -266,8 +275,7 @@ class EngineServer:
                 remaining -= finished
             await response.write(b"data: [DONE]\n\n")
         except (asyncio.CancelledError, ConnectionResetError):
-            for req in requests:
-                self.engine.call(lambda rid=req.rid: self.engine.abort(rid))
+            self._abort(requests)
             raise
         return response
 
@@ -299,22 +307,10 @@ class EngineServer:
         params.max_new_tokens = min(params.max_new_tokens, self.engine.context_length - len(ids))
         logprobs, top_n = bool(body.get("logprobs")), int(body.get("top_logprobs") or 0)
         base = uuid.uuid4().hex
-        requests = [
-            Request(rid=f"{base}-{j}", input_ids=ids, params=params, return_logprob=logprobs, top_logprobs_num=top_n,
-                    generator=torch.Generator().manual_seed(params.sampling_seed + j)
-                    if params.sampling_seed is not None else None)
-            for j in range(params.n)
-        ]
-        for req in requests:
-            self.engine.check(req)
+        requests = self._samples(base, ids, params, return_logprob=logprobs, top_logprobs_num=top_n)
         queue = self._track(requests)
         async with self._generation():
-            for req in requests:
-                self.engine.submit(req)
-            remaining = len(requests)
-            while remaining:
-                _, _, finished = await queue.get()
-                remaining -= finished
+            await self._run(requests, queue)
         known = [t["function"]["name"] for t in tools or [] if isinstance(t, dict) and "function" in t]
         choices = [self._choice(j, req, use_tools is not None, known) for j, req in enumerate(requests)]
         completion = sum(len(r.output_ids) for r in requests)
