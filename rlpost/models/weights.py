@@ -101,10 +101,11 @@ def stage_layers(num_layers: int, pp: int, stage: int) -> range:
     return range(stage * n, (stage + 1) * n)
 
 
-def _check_tp(dims: ModelDims, tp: int) -> None:
+def check_tp(dims: ModelDims, tp: int, name: str = "tp") -> None:
+    """A tensor-parallel size (training tp, or an inference server's infer_tp) must split heads and FFN evenly."""
     for what, n in (("attention heads", dims.heads), ("key/value heads", dims.kv_heads), ("FFN width", dims.ffn)):
         if n % tp:
-            raise ValueError(f"tp = {tp} does not divide the model's {n} {what}")
+            raise ValueError(f"{name} = {tp} does not divide the model's {n} {what}")
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def megatron_param_names(dims: ModelDims, pp: int, pp_rank: int, spec: str = "lo
 def hf_names_for_rank(dims: ModelDims, tp: int, pp: int, tp_rank: int, pp_rank: int, spec: str = "local",
                       lm_head: bool = True) -> list[str]:
     """The HF tensors one rank reads: its stage's, nothing else (memory-lean loading of big checkpoints)."""
-    _check_tp(dims, tp)
+    check_tp(dims, tp)
     return sorted({name for e in _stage_entries(dims, pp, pp_rank, spec, lm_head) for name in e.hf})
 
 
@@ -220,7 +221,7 @@ def hf_to_megatron_shard(get_hf: Callable[[str], torch.Tensor], dims: ModelDims,
                          pp_rank: int, vocab_padded: int, spec: str = "local", lm_head: bool = True,
                          ) -> dict[str, torch.Tensor]:
     """This (tp_rank, pp_rank)'s megatron state dict, reading HF tensors one at a time through get_hf."""
-    _check_tp(dims, tp)
+    check_tp(dims, tp)
     if vocab_padded < dims.vocab or vocab_padded % tp:
         raise ValueError(f"padded vocabulary {vocab_padded} must be >= {dims.vocab} and divisible by tp = {tp}")
     return {

@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import torch
 
-from rlpost.models.weights import ModelDims, megatron_shard_to_hf, padded_vocab
+from rlpost.models.weights import ModelDims, check_tp, megatron_shard_to_hf, padded_vocab
 
 VOCAB_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
-
-
-def check_inference_tp(dims: ModelDims, infer_tp: int) -> None:
-    for what, n in (("attention heads", dims.heads), ("key/value heads", dims.kv_heads), ("FFN width", dims.ffn)):
-        if n % infer_tp:
-            raise ValueError(f"infer_tp = {infer_tp} does not divide the model's {n} {what}")
 
 
 def inference_shard(name: str, shards: dict[int, torch.Tensor], dims: ModelDims, tp: int, infer_tp: int,
                     infer_rank: int, layer_offset: int, spec: str = "local") -> list[tuple[str, torch.Tensor]]:
     """shards: training TP rank -> that rank's shard of megatron parameter `name`, for the TP ranks inference rank
     infer_rank draws from (all tp ranks when infer_tp = 1; one when infer_tp > tp). Returns (HF name, slice)."""
-    check_inference_tp(dims, infer_tp)
+    check_tp(dims, infer_tp, "infer_tp")
     ranks = sorted(shards)
     if infer_tp <= tp:
         per = tp // infer_tp
