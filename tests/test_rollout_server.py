@@ -275,6 +275,64 @@ def test_client_retries_connection_errors_then_names_the_server():
     run(go())
 
 
+def test_weight_updates_address_every_tp_rank_of_sglang_servers():
+    """SGLang (which cannot run here) with tp_size 2 and 1: each TP rank reads serialized_named_tensors[tp_rank]
+    and joins the weight group at rank_offset + tp_rank. The double answers those fields as SGLang does."""
+    import base64
+    import pickle
+
+    from aiohttp import web
+
+    seen = {}
+
+    def sglang(tp_size):
+        async def info(request):
+            return web.json_response({"tp_size": tp_size, "version": "0.5.5"})
+
+        async def update(request):
+            body = await request.json()
+            tensors = [dict(pickle.loads(base64.b64decode(body["serialized_named_tensors"][r]))) for r in range(tp_size)]
+            seen.setdefault("tensors", []).append((tp_size, len(body["serialized_named_tensors"]), tensors))
+            return web.json_response({"success": True, "message": "Succeeded to update model weights."})
+
+        async def init_group(request):
+            body = await request.json()
+            seen.setdefault("offsets", []).append((tp_size, body["rank_offset"], body["world_size"]))
+            return web.json_response({"success": True, "message": "Succeeded to initialize custom process group."})
+
+        app = web.Application()
+        app.add_routes([web.get("/get_server_info", info), web.post("/update_weights_from_tensor", update),
+                        web.post("/init_weights_update_group", init_group)])
+        return app
+
+    async def go():
+        runners, urls = [], []
+        for tp_size in (2, 1):
+            runner = web.AppRunner(sglang(tp_size))
+            await runner.setup()
+            port = free_port()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            runners.append(runner)
+            urls.append(f"http://127.0.0.1:{port}")
+        try:
+            async with SGLangClient(urls) as client:
+                weight = torch.arange(6.0).reshape(2, 3)
+                await client.update_weights_from_tensor([("w", weight)])
+                world = await client.weight_group_size()
+                await client.init_weights_update_group("127.0.0.1", 1234, world)
+                with pytest.raises(ValueError, match="world_size 3 != 1 \\+ the servers' TP ranks \\[2, 1\\]"):
+                    await client.init_weights_update_group("127.0.0.1", 1234, 3)
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+        return world
+
+    assert run(go()) == 4
+    assert sorted((tp, n) for tp, n, _ in seen["tensors"]) == [(1, 1), (2, 2)]
+    assert all(torch.equal(t["w"], torch.arange(6.0).reshape(2, 3)) for _, _, ts in seen["tensors"] for t in ts)
+    assert sorted(seen["offsets"]) == [(1, 3, 4), (2, 1, 4)]
+
+
 def test_launcher_commands_and_failure_report(tmp_path):
     spec = ServerSpec("/models/qwen", engine="sglang", port=30001, tp_size=2, mem_fraction_static=0.6,
                       enable_memory_saver=True, tool_call_parser="qwen25", base_gpu_id=2)

@@ -89,6 +89,8 @@ def full_buckets(plan: ReshardPlan, rank: int, buckets: Iterator[list[tuple[str,
     replica = plan.replicas[plan.inference_position(rank)[0]]
     group = replica_groups.get(replica)
     rows = padded_vocab(dims.vocab, plan.tp) // plan.infer_tp
+    # a process group ranks its members by global rank; the replica lists them by inference TP rank
+    order = [sorted(replica).index(r) for r in replica]
     for bucket in buckets:
         out = []
         for name, shard in bucket:
@@ -101,7 +103,7 @@ def full_buckets(plan: ReshardPlan, rank: int, buckets: Iterator[list[tuple[str,
             parts = [torch.empty_like(shard) for _ in replica]
             dist.all_gather(parts, shard.contiguous(), group=group)
             stats.bytes_sent += shard.numel() * shard.element_size() * (len(replica) - 1)
-            full = torch.cat(parts, dim=dim)
+            full = torch.cat([parts[i] for i in order], dim=dim)
             out.append((name, full[: dims.vocab] if name in VOCAB_NAMES else full))
         yield out
 

@@ -70,9 +70,10 @@ class BroadcastTransport:
     def __init__(self, urls: list[str], master_address: str, master_port: int, group_name: str = "weight_update_group",
                  timeout_s: float = 600.0):
         self.urls, self.group_name, self.timeout_s = urls, group_name, timeout_s
+        world = _call(urls, "weight_group_size", timeout_s=timeout_s)
         joined = _in_thread(_call, urls, "init_weights_update_group", master_address, master_port,
-                            world_size=1 + len(urls), group_name=group_name, timeout_s=timeout_s)
-        self.group, self._store = new_group(master_address, master_port, 0, 1 + len(urls), group_name)
+                            world_size=world, group_name=group_name, timeout_s=timeout_s)
+        self.group, self._store = new_group(master_address, master_port, 0, world, group_name)
         joined()
 
     def push(self, bucket: Bucket, last: bool, version: str) -> None:

@@ -62,6 +62,7 @@ def serialize_named_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
 class _Server:
     url: str
     outstanding: int = 0
+    tp_size: int | None = None  # from /get_server_info, on first need
     down_since: float | None = None  # set when unreachable; the server is tried again after _UNHEALTHY_FOR_S
 
     @property
@@ -216,24 +217,44 @@ class SGLangClient:
 
     # ---- weights and memory ----------------------------------------------------------------------------------------
 
+    async def tp_sizes(self) -> list[int]:
+        """Each server's tensor-parallel size: weight updates address every TP rank of a server."""
+        for server in self.servers:
+            if server.tp_size is None:
+                server.tp_size = int((await self.request(server, "/get_server_info", method="GET"))["tp_size"])
+        return [s.tp_size for s in self.servers]
+
     async def update_weights_from_tensor(self, named: list[tuple[str, torch.Tensor]], flush_cache: bool = True,
                                          weight_version: str | None = None) -> list[dict]:
-        payload = {"serialized_named_tensors": [serialize_named_tensors(named)], "load_format": None,
-                   "flush_cache": flush_cache, "weight_version": weight_version}
-        return _checked(await self.broadcast("/update_weights_from_tensor", payload))
+        """Full tensors to every server. A server's TP rank r reads entry r of the list; each gets the same
+        shared-memory handles and slices its own shard."""
+        serialized = serialize_named_tensors(named)
+        calls = [self.request(s, "/update_weights_from_tensor", {
+            "serialized_named_tensors": [serialized] * tp, "load_format": None, "flush_cache": flush_cache,
+            "weight_version": weight_version}) for s, tp in zip(self.servers, await self.tp_sizes())]
+        return _checked(list(await asyncio.gather(*calls)))
 
     async def update_weights_from_disk(self, model_path: str, weight_version: str | None = None) -> list[dict]:
         return _checked(await self.broadcast("/update_weights_from_disk",
                                              {"model_path": model_path, "weight_version": weight_version}))
 
+    async def weight_group_size(self) -> int:
+        """Ranks of the weight-update group: the caller plus every TP rank of every server."""
+        return 1 + sum(await self.tp_sizes())
+
     async def init_weights_update_group(self, master_address: str, master_port: int, world_size: int,
                                         group_name: str = "weight_update_group", backend: str = "gloo") -> list[dict]:
-        """Every server joins one group with the caller at rank 0 (server i at rank 1 + i; tp_size 1 each)."""
+        """Every server joins one group with the caller at rank 0; a server's TP ranks take consecutive ranks from
+        its rank_offset."""
+        sizes = await self.tp_sizes()
+        if world_size != 1 + sum(sizes):
+            raise ValueError(f"world_size {world_size} != 1 + the servers' TP ranks {sizes}")
+        offsets = itertools.accumulate([1] + sizes[:-1])
         calls = [
             self.request(s, "/init_weights_update_group", {
-                "master_address": master_address, "master_port": master_port, "rank_offset": 1 + i,
+                "master_address": master_address, "master_port": master_port, "rank_offset": offset,
                 "world_size": world_size, "group_name": group_name, "backend": backend})
-            for i, s in enumerate(self.servers)
+            for s, offset in zip(self.servers, offsets)
         ]
         return _checked(list(await asyncio.gather(*calls)))
 
