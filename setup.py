@@ -19,6 +19,9 @@ setup(
         "aiohttp>=3.9",
         # 0.16.1 is the newest with cp311 wheels (CPU CI); GPU images on Python 3.12 get up to 0.19.x
         "megatron-core>=0.16.1,<0.20",
+        # orchestration: placement groups, worker groups
+        "ray>=2.40",
+        "tqdm>=4.60",
     ],
     extras_require={
         # Offline assets for the default run: GSM-Symbolic generation and GGUF -> HF conversion.

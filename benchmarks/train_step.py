@@ -45,7 +45,7 @@ def main() -> None:
     from rlpost.megatron.model import build_stage
     from rlpost.megatron.parallel import setup_model_parallel
     from rlpost.models.hf import resolve_model_path
-    from rlpost.testing.distributed import free_port
+    from rlpost.net import free_port
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))

@@ -58,6 +58,11 @@ class Batch:
         else:
             self.fields[key] = list(value)
 
+    def update(self, other: "Batch") -> None:
+        """Add (or replace) every entry of another batch with the same samples."""
+        for k, v in {**other.tensors, **other.fields}.items():
+            self[k] = v
+
     def select(self, indices: Sequence[int] | torch.Tensor) -> "Batch":
         idx = torch.as_tensor(indices, dtype=torch.long)
         if idx.numel() and (int(idx.min()) < -len(self) or int(idx.max()) >= len(self)):

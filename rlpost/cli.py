@@ -32,6 +32,20 @@ def _config(args: argparse.Namespace) -> None:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from rlpost.cluster.worker_group import WorkerDied
+    from rlpost.config import load_config
+    from rlpost.trainer.ppo import PPOTrainer
+
+    trainer = PPOTrainer(load_config(args.recipe, args.overrides))
+    try:
+        trainer.fit()
+    except WorkerDied as e:
+        raise SystemExit(f"rlpost: {e}; the last checkpoint is intact, resume with trainer.resume=auto") from e
+    finally:
+        trainer.close()
+
+
 def _convert_gguf(args: argparse.Namespace) -> None:
     from rlpost.models.gguf import convert_gguf
 
@@ -82,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--write", action="store_true", help="write config.yaml into the run directory")
     c.add_argument("--no-check-files", action="store_true", help="skip checks of data, model and other paths")
     c.set_defaults(func=_config)
+
+    t = sub.add_parser("train", help="run PPO/GRPO from a recipe")
+    t.add_argument("recipe", help="recipe YAML")
+    t.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    t.set_defaults(func=_train)
 
     conv = sub.add_parser("convert", help="model conversions")
     conv_sub = conv.add_subparsers(dest="kind", required=True)

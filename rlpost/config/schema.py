@@ -30,6 +30,7 @@ class DataConfig:
     max_response_length: int = rule(**POSITIVE)
     train_batch_size: int = rule(**POSITIVE)
     val_batch_size: Optional[int] = rule(**POSITIVE)
+    val_max_samples: Optional[int] = rule(**POSITIVE)
     shuffle: bool
     seed: int
     filter_overlong_prompts: bool
@@ -112,8 +113,10 @@ class MultiTurnConfig:
 @dataclass
 class RolloutConfig:
     engine: Literal["embedded", "sglang"]
+    dtype: Literal["float32", "bfloat16", "float16"]
     infer_tp: int = rule(**POSITIVE)
     max_num_seqs: int = rule(**POSITIVE)
+    prefix_cache_tokens: int = rule(min=0)
     mem_fraction: float = rule(**FRACTION)
     update_weights_bucket_mb: int = rule(**POSITIVE)
     sampling: SamplingConfig
@@ -130,6 +133,13 @@ class KLControlConfig:
 
 
 @dataclass
+class FilterGroupsConfig:
+    enable: bool
+    metric: str
+    max_num_gen_batches: int = rule(min=0)
+
+
+@dataclass
 class AlgorithmConfig:
     adv_estimator: str = rule(choices=ADV_ESTIMATORS.names)
     gamma: float = rule(min=0.0, max=1.0)
@@ -138,12 +148,21 @@ class AlgorithmConfig:
     use_kl_in_reward: bool
     kl_penalty: str = rule(choices=KL_ESTIMATORS.names)
     kl_ctrl: KLControlConfig
+    filter_groups: FilterGroupsConfig
+
+
+@dataclass
+class OverlongBufferConfig:
+    enable: bool
+    len: int = rule(**POSITIVE)
+    penalty_factor: float = rule(min=0.0)
 
 
 @dataclass
 class RewardConfig:
     custom_function: Optional[str]
     kwargs: dict[str, Any]
+    overlong_buffer: OverlongBufferConfig
 
 
 @dataclass

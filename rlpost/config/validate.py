@@ -116,10 +116,17 @@ def cross_check(cfg: RLConfig, check_files: bool = True) -> list[str]:
         c = cfg.critic
         critic_layout = _layout(cfg, "critic", c.tp, c.pp, devices)
         problems += critic_layout
-        if not critic_layout:
+        if not critic_layout and (c.tp, c.pp) != (cfg.actor.tp, cfg.actor.pp):
+            problems.append(f"critic (tp, pp) = ({c.tp}, {c.pp}) must equal actor (tp, pp) = ({cfg.actor.tp}, "
+                            f"{cfg.actor.pp}): they share a process and megatron's parallel state")
+        elif not critic_layout:
             dp = devices // (c.tp * c.pp)
             problems += _batches(cfg, "critic", c.ppo_mini_batch_size, c.micro_batch_size,
                                  c.max_tokens_per_micro_batch, dp)
+    ob = cfg.reward.overlong_buffer
+    if ob.enable and ob.len >= cfg.data.max_response_length:
+        problems.append(f"reward.overlong_buffer.len = {ob.len} must be below data.max_response_length = "
+                        f"{cfg.data.max_response_length}")
     if rollout_devices(cfg) % cfg.rollout.infer_tp:
         problems.append(f"rollout.infer_tp = {cfg.rollout.infer_tp} does not divide the {rollout_devices(cfg)} "
                         f"rollout devices")

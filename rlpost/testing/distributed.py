@@ -6,15 +6,10 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
-import socket
 import traceback
 from typing import Any, Callable
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from rlpost.net import free_port
 
 
 def _entry(fn, rank: int, world_size: int, port: int, results, args) -> None:

@@ -525,24 +525,34 @@ class EngineServer:
         return web.Response(status=200)
 
 
+class HTTPThread:
+    """The HTTP side on a thread of its own, so the engine loop keeps whichever thread it runs on."""
+
+    def __init__(self, engine: Engine, host: str, port: int, served_model_name: str | None = None):
+        server = EngineServer(engine, served_model_name)
+        self.loop = asyncio.new_event_loop()
+        # handler_cancellation: a client that goes away cancels its handler, which aborts its requests
+        self.runner = web.AppRunner(server.app, access_log=None, handle_signals=False, handler_cancellation=True)
+        self.loop.run_until_complete(self.runner.setup())
+        self.loop.run_until_complete(web.TCPSite(self.runner, host, port).start())
+        self.thread = threading.Thread(target=self.loop.run_forever, name="rlpost-http", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 30000, served_model_name: str | None = None) -> None:
     """HTTP on a background thread, the engine loop on this (the main) thread; SIGTERM/SIGINT stop both."""
-    server = EngineServer(engine, served_model_name)
-    loop = asyncio.new_event_loop()
-    # handler_cancellation: a client that goes away cancels its handler, which aborts its requests
-    runner = web.AppRunner(server.app, access_log=None, handle_signals=False, handler_cancellation=True)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, host, port).start())
-    http = threading.Thread(target=loop.run_forever, name="rlpost-http", daemon=True)
-    http.start()
+    http = HTTPThread(engine, host, port, served_model_name)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: engine.request_stop())
     try:
         engine.serve_forever()
     finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        http.join(timeout=10)
+        http.stop()
 
 
 def _with_parsed_arguments(messages: list[dict]) -> list[dict]:

@@ -1,0 +1,1 @@
+"""Ray resource pools, placement groups and worker groups."""

@@ -1,0 +1,1 @@
+"""The PPO/GRPO driver, validation, checkpoints and metric tracking."""

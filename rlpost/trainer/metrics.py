@@ -1,0 +1,68 @@
+"""Per-step metrics from the training Batch, and phase timing."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+
+from rlpost.batch import Batch
+
+
+def _stats(prefix: str, x: torch.Tensor) -> dict:
+    x = x.float()
+    return {f"{prefix}/mean": float(x.mean()), f"{prefix}/max": float(x.max()), f"{prefix}/min": float(x.min())}
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    return float((x * mask).sum() / mask.sum().clamp(min=1))
+
+
+def batch_metrics(batch: Batch, max_response_length: int) -> dict:
+    mask = batch["loss_mask"]
+    scores = torch.tensor(batch["score"], dtype=torch.float32)
+    out = {"reward/mean": float(scores.mean()), "reward/std": float(scores.std()) if len(batch) > 1 else 0.0,
+           "reward/max": float(scores.max()), "reward/min": float(scores.min())}
+    if "acc" in batch:
+        out["reward/acc"] = sum(float(a) for a in batch["acc"]) / len(batch)
+    lengths = batch["response_lengths"]
+    out |= _stats("response_length", lengths) | _stats("prompt_length", batch["prompt_lengths"])
+    out["response_length/clip_ratio"] = float((lengths >= max_response_length).float().mean())
+    per_seq_adv = (batch["advantages"] * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    out |= _stats("advantages", per_seq_adv)
+    if "values" in batch:
+        out["critic/values_mean"] = _masked_mean(batch["values"], mask)
+        out["critic/returns_mean"] = _masked_mean(batch["returns"], mask)
+    if "entropy" in batch:
+        out["actor/entropy"] = _masked_mean(batch["entropy"], mask)
+    if "ref_log_probs" in batch:
+        out["actor/kl_ref"] = _masked_mean(batch["old_log_probs"] - batch["ref_log_probs"], mask)
+    if "old_log_probs" in batch:
+        diff = (batch["rollout_log_probs"] - batch["old_log_probs"]).abs() * mask
+        out["rollout/logprob_diff_mean"] = float(diff.sum() / mask.sum().clamp(min=1))
+        out["rollout/logprob_diff_max"] = float(diff.max())
+    return out
+
+
+class Timer:
+    """Seconds per phase of one step: `with timer("gen"): ...`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def metrics(self, tokens: int) -> dict:
+        out = {f"timing_s/{k}": v for k, v in self.seconds.items()}
+        total = sum(self.seconds.values())
+        out["timing_s/step"] = total
+        out["throughput/tokens_per_s"] = tokens / total if total else 0.0
+        return out
+

@@ -1,0 +1,70 @@
+"""Metric sinks chosen by trainer.logger: console (a progress bar with ETA over the run's steps), a JSONL file,
+TensorBoard and Weights & Biases (offline: runs sync later with `wandb sync`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+CONSOLE_KEYS = ("reward/mean", "reward/acc", "response_length/mean", "actor/pg_loss", "actor/kl_ref",
+                "actor/grad_norm", "timing_s/step")
+
+
+class Tracker:
+    def __init__(self, backends: list[str], run_dir: Path, total_steps: int, first_step: int, config: dict,
+                 project: str, experiment: str):
+        self.backends, self.run_dir = list(backends), Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._bar = self._jsonl = self._tb = self._wandb = None
+        if "console" in backends:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=first_step, desc=experiment, unit="step", dynamic_ncols=True)
+        if "jsonl" in backends:
+            self._jsonl = open(self.run_dir / "metrics.jsonl", "a")
+        if "tensorboard" in backends:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ImportError("trainer.logger has 'tensorboard': pip install tensorboard") from e
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        if "wandb" in backends:
+            try:
+                import wandb
+            except ImportError as e:
+                raise ImportError("trainer.logger has 'wandb': pip install wandb") from e
+            os.environ.setdefault("WANDB_MODE", "offline")
+            self._wandb = wandb.init(project=project, name=experiment, config=config, dir=str(self.run_dir),
+                                     resume="allow")
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+            self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+        if self._bar is not None:
+            shown = {k.split("/")[-1] if k != "reward/mean" else "reward": v for k, v in metrics.items()
+                     if k in CONSOLE_KEYS or k.startswith("val/")}
+            self._bar.write(f"step {step}: " + " ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
+            self._bar.update(max(0, step - self._bar.n))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else str(v)

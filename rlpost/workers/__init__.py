@@ -1,0 +1,1 @@
+"""Ray actor classes per role: training roles (actor, reference, critic) and rollout engines."""

@@ -1,0 +1,103 @@
+"""The megatron roles a training worker hosts: policy (trainable actor or frozen reference) and critic.
+
+Each works on the worker's data-parallel piece of a Batch holding full sequences: `input_ids` [n, s] right-padded,
+`lengths` [n], and per-position tensors [n, s-1] aligned with the predicted token (`loss_mask` = tokens the policy
+generated). Per-sample answers exist on the last pipeline stage only; other ranks return None.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlpost.batch import Batch
+from rlpost.config.schema import ActorConfig, CriticConfig
+from rlpost.megatron.forward import compute_logprobs, compute_values
+from rlpost.megatron.micro_batches import make_micro_batches, restore
+from rlpost.megatron.model import build_stage
+from rlpost.megatron.optim import build_optimizer, wrap_ddp
+from rlpost.megatron.update import actor_loss_fn, critic_loss_fn, loss_denominators, train_step
+from rlpost.metrics import mean_dicts
+
+
+def micro_batches(batch: Batch, keys: list[str], micro_batch_size: int, max_tokens: int | None):
+    tensors = {k: batch[k] for k in ["input_ids", *keys]}
+    lengths = batch["lengths"].tolist()
+    if max_tokens is not None:
+        return make_micro_batches(tensors, lengths, max_tokens=max_tokens)
+    return make_micro_batches(tensors, lengths, micro_batch_size=micro_batch_size)
+
+
+def _is_last_stage() -> bool:
+    from megatron.core import parallel_state as ps
+
+    return ps.is_pipeline_last_stage()
+
+
+def _dp_group():
+    from megatron.core import parallel_state as ps
+
+    return ps.get_data_parallel_group(), ps.get_data_parallel_world_size()
+
+
+class _Trained:
+    """Mini-batch loop shared by actor and critic: epochs x mini-batches, one optimizer step each."""
+
+    cfg: ActorConfig | CriticConfig
+
+    def _train(self, batch: Batch, n_mini_batches: int, keys: list[str], make_loss) -> dict:
+        group, dp = _dp_group()
+        if len(batch) % n_mini_batches:
+            raise ValueError(f"{len(batch)} samples on this rank do not split into {n_mini_batches} mini-batches")
+        metrics = []
+        for _ in range(self.cfg.ppo_epochs):
+            for mini in batch.split(len(batch) // n_mini_batches):
+                mbs, _ = micro_batches(mini, keys, self.cfg.micro_batch_size, self.cfg.max_tokens_per_micro_batch)
+                loss_fn = make_loss(len(mbs), dp, loss_denominators(mbs, group))
+                metrics.append(train_step(self.stage, self.optimizer, self.scheduler, mbs, loss_fn))
+        return mean_dicts(metrics)
+
+
+class PolicyRole(_Trained):
+    """The actor (trainable) or the reference policy (frozen, log-probs only)."""
+
+    def __init__(self, cfg: ActorConfig, model_dir: str, total_steps: int, temperature: float, trainable: bool):
+        self.cfg, self.temperature = cfg, temperature
+        self.stage = build_stage(model_dir, cfg.dtype)
+        self.optimizer = self.scheduler = None
+        if trainable:
+            self.optimizer, self.scheduler = build_optimizer(wrap_ddp(self.stage), cfg.optim, total_steps, cfg.dtype)
+
+    def log_probs(self, batch: Batch, micro_batch_size: int, max_tokens: int | None,
+                  with_entropy: bool = False) -> dict[str, torch.Tensor] | None:
+        mbs, groups = micro_batches(batch, ["loss_mask"], micro_batch_size, max_tokens)
+        out = compute_logprobs(self.stage, mbs, self.temperature, with_entropy)
+        if not _is_last_stage():
+            return None
+        width = batch["input_ids"].shape[1] - 1
+        return {k: restore([o[k] for o in out], groups, width) for k in out[0]}
+
+    def update(self, batch: Batch, n_mini_batches: int) -> dict:
+        keys = ["loss_mask", "old_log_probs", "advantages"] + (["ref_log_probs"] if self.cfg.use_kl_loss else [])
+        return self._train(batch, n_mini_batches, keys,
+                           lambda n, dp, den: actor_loss_fn(self.stage, self.cfg, n, dp, den, self.temperature))
+
+    def named_parameters(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self.stage.core.named_parameters()}
+
+
+class CriticRole(_Trained):
+    def __init__(self, cfg: CriticConfig, model_dir: str, total_steps: int):
+        self.cfg = cfg
+        self.stage = build_stage(model_dir, cfg.dtype, value_head=True)
+        self.optimizer, self.scheduler = build_optimizer(wrap_ddp(self.stage), cfg.optim, total_steps, cfg.dtype)
+
+    def values(self, batch: Batch) -> dict[str, torch.Tensor] | None:
+        mbs, groups = micro_batches(batch, [], self.cfg.micro_batch_size, self.cfg.max_tokens_per_micro_batch)
+        out = compute_values(self.stage, mbs)
+        if not _is_last_stage():
+            return None
+        return {"values": restore([o["values"] for o in out], groups, batch["input_ids"].shape[1] - 1)}
+
+    def update(self, batch: Batch, n_mini_batches: int) -> dict:
+        return self._train(batch, n_mini_batches, ["loss_mask", "old_values", "returns"],
+                           lambda n, dp, den: critic_loss_fn(self.cfg, n, dp, den))
