@@ -47,7 +47,8 @@ class WorkerGroup:
         try:
             return ray.get(refs)
         except RayActorError as e:
-            rank = next((i for i, w in enumerate(self.workers) if w._actor_id == e.actor_id), "?")
+            dead = getattr(e, "actor_id", None)
+            rank = next((i for i, w in enumerate(self.workers) if w._actor_id.hex() == dead), "?")
             raise WorkerDied(f"{self.role} worker rank {rank} died: {e}") from e
 
     def call(self, method: str, *args, **kwargs) -> list[Any]:
