@@ -11,3 +11,11 @@ class SumWorker(Worker):
         t = torch.tensor([value])
         dist.all_reduce(t)
         return int(t)
+
+    def crash_if(self, rank: int) -> int:
+        """Dies the way an OOM kill or a segfault would: no exception, no cleanup."""
+        if self.rank == rank:
+            import os
+
+            os._exit(1)
+        return self.rank
