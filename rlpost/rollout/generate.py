@@ -45,8 +45,7 @@ def sample_seed(seed: int, step: int, uid: str) -> int:
 async def generate(client: SGLangClient, prompts: Batch, n: int, sampling: dict, max_new_tokens: int,
                    seed: int | None = None, step: int = 0) -> list[Sample]:
     """n samples per prompt (one request per prompt, so servers share the load); samples of a prompt are adjacent."""
-    ids = prompt_token_ids(prompts)
-    per_sample = {k: v for k, v in prompts.fields.items()}
+    ids, per_sample = prompt_token_ids(prompts), prompts.fields
 
     async def one(i: int) -> list[Sample]:
         params = {**sampling, "max_new_tokens": max_new_tokens, "n": n}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from rlpost.algorithms import apply_kl_in_reward, compute_advantages
 from rlpost.batch import Batch
 from rlpost.config.schema import AlgorithmConfig
@@ -27,8 +25,3 @@ def compute_advantage(batch: Batch, cfg: AlgorithmConfig, kl_coef: float) -> dic
     batch["advantages"], batch["returns"] = advantages.float(), returns.float()
     return metrics
 
-
-def kl_to_reference(batch: Batch) -> float:
-    """Mean per-token KL(actor || reference) on generated tokens (k1), for the log."""
-    mask = batch["loss_mask"]
-    return float(((batch["old_log_probs"] - batch["ref_log_probs"]) * mask).sum() / mask.sum().clamp(min=1))

@@ -8,6 +8,8 @@ import asyncio
 import dataclasses
 import logging
 
+import torch
+
 from rlpost.algorithms import make_kl_controller
 from rlpost.batch import Batch
 from rlpost.config import run_dir, save_config
@@ -64,7 +66,8 @@ class PPOTrainer:
         self.train = self.placement.train
         self.loop = asyncio.new_event_loop()
         self.client = SGLangClient(self.placement.server_urls)
-        self.step = self._resume()
+        self.step = 0
+        self._resume()
         self.tracker = Tracker(cfg.trainer.logger, self.run_dir, self.total_steps, self.step,
                                dataclasses.asdict(cfg), cfg.trainer.project_name, cfg.trainer.experiment_name)
 
@@ -121,7 +124,7 @@ class PPOTrainer:
         kept, rounds = [], 0
         while True:
             prompts = collate([self.train_data[i] for i in next(self.sampler)], self.pad_id)
-            samples = self._generate(prompts, cfg.rollout.sampling, step_key=self.step * 1000 + rounds)
+            samples = self.generate_samples(prompts, cfg.rollout.sampling, step_key=self.step * 1000 + rounds)
             score_samples(samples, self.scorer, cfg.data.max_response_length, cfg.reward.overlong_buffer)
             if cfg.algorithm.adv_estimator == "remax":
                 self._greedy_baselines(prompts, samples)
@@ -142,12 +145,10 @@ class PPOTrainer:
         batch = to_batch(kept, self.pad_id)
         batch["token_level_scores"] = token_level_scores(batch)
         if "reward_baseline" in batch:
-            import torch
-
             batch["reward_baselines"] = torch.tensor(batch["reward_baseline"], dtype=torch.float32)
         return batch
 
-    def _generate(self, prompts: Batch, sampling, step_key: int):
+    def generate_samples(self, prompts: Batch, sampling, step_key: int):
         params = {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
                   "min_p": sampling.min_p}
         if not self._split:
@@ -163,7 +164,7 @@ class PPOTrainer:
     def _greedy_baselines(self, prompts: Batch, samples) -> None:
         """ReMax: each prompt's greedy response, scored, is the baseline of its samples."""
         greedy = dataclasses.replace(self.cfg.rollout.val_sampling, n=1, temperature=0.0)
-        baselines = self._generate(prompts, greedy, step_key=-self.step)
+        baselines = self.generate_samples(prompts, greedy, step_key=-self.step)
         score_samples(baselines, self.scorer, self.cfg.data.max_response_length, self.cfg.reward.overlong_buffer)
         by_uid = {b.fields["uid"]: b.fields["score"] for b in baselines}
         for s in samples:
@@ -186,10 +187,10 @@ class PPOTrainer:
         path = checkpoints.commit(partial, self.step, state, self.cfg.trainer.keep_last)
         log.info("saved %s", path)
 
-    def _resume(self) -> int:
+    def _resume(self) -> None:
         path = checkpoints.resume_path(self.cfg.trainer.resume, self.run_dir)
         if path is None:
-            return 0
+            return
         state = checkpoints.load_state(path)
         self.train.call("load", str(path))
         self.sampler.load_state_dict(state["sampler"])
@@ -197,7 +198,6 @@ class PPOTrainer:
         self.step = state["step"]
         self.sync_weights()  # the servers still hold the initial weights
         log.info("resumed from %s (step %d)", path, self.step)
-        return self.step
 
     def close(self) -> None:
         self.loop.run_until_complete(self.client.close())

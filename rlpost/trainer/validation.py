@@ -15,7 +15,7 @@ def validate(trainer, data: RLDataset) -> dict:
     samples = []
     for start in range(0, n, size):
         prompts = collate([data[i] for i in range(start, min(start + size, n))], trainer.pad_id)
-        samples += trainer._generate(prompts, cfg.rollout.val_sampling, step_key=-1)
+        samples += trainer.generate_samples(prompts, cfg.rollout.val_sampling, step_key=-1)
     score_samples(samples, trainer.scorer, cfg.data.max_response_length, cfg.reward.overlong_buffer)
     by_source: dict[str, list] = {}
     for s in samples:

@@ -21,10 +21,8 @@ from rlpost.metrics import mean_dicts
 
 def micro_batches(batch: Batch, keys: list[str], micro_batch_size: int, max_tokens: int | None):
     tensors = {k: batch[k] for k in ["input_ids", *keys]}
-    lengths = batch["lengths"].tolist()
-    if max_tokens is not None:
-        return make_micro_batches(tensors, lengths, max_tokens=max_tokens)
-    return make_micro_batches(tensors, lengths, micro_batch_size=micro_batch_size)
+    return make_micro_batches(tensors, batch["lengths"].tolist(), None if max_tokens is not None else micro_batch_size,
+                              max_tokens)
 
 
 def _is_last_stage() -> bool:

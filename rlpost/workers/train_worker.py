@@ -79,7 +79,7 @@ class TrainWorker(Worker):
         """Colocated: the first rank of each inference replica hosts an engine; returns its URL (None elsewhere)."""
         from rlpost.workers.rollout import EngineHost
 
-        if self._reshard().inference_position(self.rank)[1] == 0:
+        if self._resharding()[0].inference_position(self.rank)[1] == 0:
             self.engine_host = EngineHost(self.model_dirs["actor"], self.cfg.rollout, context_length,
                                           self.cfg.trainer.seed + self.rank)
             return self.engine_host.url
@@ -92,7 +92,8 @@ class TrainWorker(Worker):
             fn = engine.release_memory if release else engine.resume_memory
             engine.call(lambda: fn(["kv_cache"])).result()
 
-    def _reshard(self):
+    def _resharding(self):
+        """(plan, micro-DP groups, replica groups), made once: group creation is collective over the world."""
         if self._sync is None:
             from rlpost.resharding.plan import make_plan
             from rlpost.resharding.transfer import make_groups
@@ -100,7 +101,7 @@ class TrainWorker(Worker):
             plan = make_plan(self.cfg.actor.tp, self.cfg.actor.pp, self.world // (self.cfg.actor.tp * self.cfg.actor.pp),
                              self.cfg.rollout.infer_tp)
             self._sync = plan, make_groups(plan), make_groups(plan, replicas=True)
-        return self._sync[0]
+        return self._sync
 
     def sync_weights(self, version: str, server_urls: list[str] | None = None) -> int:
         """Push the actor's weights: into this worker's engine (colocated), or, from replica 0's first rank, to the
@@ -108,22 +109,18 @@ class TrainWorker(Worker):
         from rlpost.resharding.transfer import full_buckets, inference_buckets
         from rlpost.resharding.transports import BroadcastTransport, EngineTransport, push_buckets
 
-        plan = self._reshard()
-        _, groups, replica_groups = self._sync
+        plan, groups, replica_groups = self._resharding()
         stage = self.actor.stage
         dtype = getattr(torch, self.cfg.actor.dtype)
         bucket_bytes = self.cfg.rollout.update_weights_bucket_mb << 20
         buckets = inference_buckets(plan, self.rank, self.actor.named_parameters(), stage.dims, groups, bucket_bytes,
                                     dtype, spec=stage.spec)
         replica, position = plan.inference_position(self.rank)
-        if server_urls is not None and replica != 0:  # split: only replica 0 feeds the servers
-            for _ in buckets:  # the collectives of this rank's micro-DP group
-                pass
-            return 0
-        if plan.infer_tp > 1:
+        feeds = server_urls is None or replica == 0  # split: only replica 0 feeds the servers
+        if feeds and plan.infer_tp > 1:
             buckets = full_buckets(plan, self.rank, buckets, stage.dims, replica_groups)
-        if position != 0:
-            for _ in buckets:
+        if not feeds or position != 0:
+            for _ in buckets:  # this rank's part in its groups' collectives
                 pass
             return 0
         if self.engine_host is not None:
