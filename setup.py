@@ -26,7 +26,10 @@ setup(
     extras_require={
         # Offline assets for the default run: GSM-Symbolic generation and GGUF -> HF conversion.
         "assets": ["reasoning-gym>=0.1.20", "gguf>=0.10", "accelerate>=1.0"],
-        "dev": ["pytest>=8", "reasoning-gym>=0.1.20", "gguf>=0.10", "accelerate>=1.0"],
+        # Optional metric sinks (trainer.logger: tensorboard, wandb).
+        "trackers": ["tensorboard>=2.14", "wandb>=0.17"],
+        "dev": ["pytest>=8", "reasoning-gym>=0.1.20", "gguf>=0.10", "accelerate>=1.0", "tensorboard>=2.14",
+                "wandb>=0.17"],
         # GPU clusters only; never installed on CPU machines.
         "gpu": ["transformer-engine[pytorch]>=2.0", "sglang>=0.5"],
     },

@@ -35,15 +35,12 @@ def _config(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from rlpost.cluster.worker_group import WorkerDied
     from rlpost.config import load_config
-    from rlpost.trainer.ppo import PPOTrainer
+    from rlpost.trainer.ppo import train
 
-    trainer = PPOTrainer(load_config(args.recipe, args.overrides))
     try:
-        trainer.fit()
+        train(load_config(args.recipe, args.overrides))
     except WorkerDied as e:
         raise SystemExit(f"rlpost: {e}; the last checkpoint is intact, resume with trainer.resume=auto") from e
-    finally:
-        trainer.close()
 
 
 def _convert_gguf(args: argparse.Namespace) -> None:

@@ -40,7 +40,7 @@ def test_every_schema_field_has_one_default_in_configs():
 def test_recipe_layers_over_defaults():
     cfg = load()
     assert cfg.data.train_batch_size == 8 and cfg.data.max_prompt_length == 256
-    assert cfg.actor.optim.lr == 2e-6 and cfg.actor.optim.betas == [0.9, 0.999]  # untouched keys keep defaults
+    assert cfg.actor.optim.lr == 5e-5 and cfg.actor.optim.betas == [0.9, 0.999]  # untouched keys keep defaults
     assert cfg.trainer.experiment_name == "gsm8k-quickstart"
 
 
@@ -115,7 +115,7 @@ def test_cross_field_checks():
         "actor.micro_batch_size = 3 must divide the 32 samples each data-parallel rank gets per mini-batch"]
     assert problems("actor.max_tokens_per_micro_batch=100") == [
         "actor.max_tokens_per_micro_batch = 100 cannot hold one sample of data.max_prompt_length + "
-        "data.max_response_length = 512 tokens"]
+        "data.max_response_length = 448 tokens"]
     assert problems("rollout.sampling.n=1") == [
         "rollout.sampling.n = 1: algorithm.adv_estimator=grpo compares samples of the same prompt and needs n >= 2"]
     assert problems("cluster.placement=split") == [

@@ -95,8 +95,8 @@ def test_critic_values_and_update(setup, layout):
     path, ids, results = setup
     _, _, hidden = _hf_reference(path, ids)
     for r in [r[layout] for r in results if layout in r]:
-        expected = hidden @ r["head"]["linear.weight"].T + r["head"]["linear.bias"]
+        expected = hidden @ r["head"]["weight"].T + r["head"]["bias"]
         assert (r["values"] - expected[..., 0]).abs().max() < TOLERANCE
         assert r["losses"][2] < r["losses"][0]
-    heads = [r[layout]["head"]["linear.weight"] for r in results if layout in r]
+    heads = [r[layout]["head"]["weight"] for r in results if layout in r]
     assert all(torch.equal(h, heads[0]) for h in heads)  # the seeded head is the same on every rank

@@ -104,3 +104,43 @@ def test_parallel_update_matches_single_process(runs, layout):
     assert worst < TOLERANCE, worst
     for m, r in zip(metrics, ref_metrics):
         assert m["grad_norm"] == pytest.approx(r["grad_norm"], rel=1e-5)
+
+
+def _one_step(rank, world, path, data, on_policy):
+    from rlpost.megatron.model import build_stage, stream_hf_weights
+    from rlpost.megatron.optim import build_optimizer, wrap_ddp
+    from rlpost.megatron.parallel import setup_model_parallel
+    from rlpost.megatron.update import actor_loss_fn, loss_denominators, train_step
+
+    cfg = load_config(None, ["actor.optim.lr=1e-3", "actor.optim.eps=1e-2"], check_files=False).actor
+    setup_model_parallel(1, 1, seed=1)
+    stage = build_stage(path)
+    optimizer, scheduler = build_optimizer(wrap_ddp(stage), cfg.optim, total_steps=1)
+    micro_batches = [{k: v[r : r + 2] for k, v in data.items()} for r in range(0, SEQS, 2)]
+    loss_fn = actor_loss_fn(stage, cfg, len(micro_batches), 1, loss_denominators(micro_batches), on_policy=on_policy)
+    metrics = train_step(stage, optimizer, scheduler, micro_batches, loss_fn)
+    return dict(stream_hf_weights(stage)), metrics
+
+
+def test_on_policy_step_uses_its_own_log_probs(runs):
+    """One optimizer step without old log-probs equals the step given the exact current log-probs (from
+    transformers), and reports the rollout-vs-train difference it was handed."""
+    (_, path) = runs
+    from transformers import AutoModelForCausalLM
+
+    data = _data(path)
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        exact = torch.log_softmax(hf(data["input_ids"]).logits[:, :-1], -1).gather(
+            -1, data["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+    noise = 0.01 * torch.randn(exact.shape, generator=gen)
+    common = {"input_ids": data["input_ids"], "loss_mask": data["loss_mask"], "advantages": data["advantages"]}
+    [(on_weights, on_metrics)] = run_ranks(_one_step, 1, path, common | {"rollout_log_probs": exact + noise}, True)
+    [(ref_weights, ref_metrics)] = run_ranks(_one_step, 1, path, common | {"old_log_probs": exact}, False)
+    worst = max((on_weights[k] - ref_weights[k]).abs().max().item() for k in ref_weights)
+    assert worst < TOLERANCE, worst
+    assert on_metrics["ppo_kl"] == 0.0 and on_metrics["pg_clipfrac"] == 0.0
+    assert on_metrics["rollout_logprob_diff_max"] == pytest.approx(float((noise.abs() * data["loss_mask"]).max()),
+                                                                   abs=1e-5)
+    assert on_metrics["entropy"] > 0 and "entropy" not in ref_metrics

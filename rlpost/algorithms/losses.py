@@ -75,7 +75,8 @@ def actor_loss(
     if entropy is not None:
         ent = agg_loss(entropy, response_mask, loss_agg_mode, **denominators)
         metrics["entropy"] = ent.detach()
-        loss = loss - entropy_coeff * ent
+        if entropy_coeff:
+            loss = loss - entropy_coeff * ent
     if ref_log_prob is not None:
         kl = agg_loss(kl_penalty(log_prob, ref_log_prob, kl_loss_type), response_mask, loss_agg_mode, **denominators)
         metrics["kl_loss"] = kl.detach()

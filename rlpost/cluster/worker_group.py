@@ -85,9 +85,13 @@ class WorkerGroup:
             raise ValueError(f"{len(batch)} samples do not split over {self.layout[0]['dp']} data-parallel ranks")
         return self._scatter(method, batch, args, kwargs, weight_key)[0]
 
-    def kill(self) -> None:
+    def kill(self, grace_s: float = 30.0) -> None:
+        """Asks each actor to exit after its pending calls (a plain ray.kill sends SIGTERM, whose handler prints a
+        traceback from whatever the worker was doing), then kills whatever is left."""
         import ray
 
+        ray.wait([w.__ray_terminate__.remote() for w in self.workers], num_returns=len(self.workers),
+                 timeout=grace_s)
         for w in self.workers:
             ray.kill(w, no_restart=True)
         self.workers = []

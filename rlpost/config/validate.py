@@ -22,6 +22,14 @@ def uses_critic(cfg: RLConfig) -> bool:
     return cfg.algorithm.adv_estimator == "gae"
 
 
+def recomputes_old_log_probs(cfg: RLConfig) -> bool:
+    """A separate forward pass for old log-probs is needed unless the actor takes exactly one optimizer step per
+    batch: then they equal the update forward's own log-probs (detached), which the loss uses instead. KL in the
+    reward needs them before the advantages, so it keeps the pass."""
+    one_step = cfg.actor.ppo_epochs == 1 and cfg.actor.ppo_mini_batch_size == cfg.data.train_batch_size
+    return not one_step or cfg.algorithm.use_kl_in_reward
+
+
 def _cluster(cfg: RLConfig) -> list[str]:
     c = cfg.cluster
     total = c.n_nodes * c.n_gpus_per_node

@@ -45,19 +45,20 @@ class StageModel:
 
 
 class ValueHead(torch.nn.Module):
-    """The critic's scalar head in place of the LM head: same call signature as megatron's output layer, replicated
-    over TP (every TP rank sees the same hidden states, or its sequence slice under sequence parallelism)."""
+    """The critic's scalar head in place of the LM head: same call signature and parameter names
+    (output_layer.weight / .bias, which megatron's checkpointing expects) as megatron's output layer, replicated over
+    TP (every TP rank sees the same hidden states, or its sequence slice under sequence parallelism)."""
 
     def __init__(self, hidden: int, sequence_parallel: bool):
         super().__init__()
-        self.linear = torch.nn.Linear(hidden, 1, bias=True)
-        torch.nn.init.normal_(self.linear.weight, std=1.0 / (hidden + 1) ** 0.5)
-        torch.nn.init.zeros_(self.linear.bias)
-        for p in self.linear.parameters():
+        self.weight = torch.nn.Parameter(torch.empty(1, hidden))
+        self.bias = torch.nn.Parameter(torch.zeros(1))
+        torch.nn.init.normal_(self.weight, std=1.0 / (hidden + 1) ** 0.5)
+        for p in (self.weight, self.bias):
             p.sequence_parallel = sequence_parallel  # tells megatron to all-reduce these grads over TP
 
     def forward(self, hidden_states, weight=None, runtime_gather_output=None):
-        return self.linear(hidden_states), None
+        return torch.nn.functional.linear(hidden_states, self.weight, self.bias), None
 
 
 def build_stage(hf_dir: str | Path, dtype: str = "float32", load_weights: bool = True, value_head: bool = False,
@@ -93,7 +94,8 @@ def load_hf_weights(stage: StageModel, hf_dir: str | Path) -> None:
     reader = SafetensorsDir(hf_dir)
     shard = hf_to_megatron_shard(reader.get, stage.dims, stage.tp, stage.pp, stage.tp_rank, stage.pp_rank,
                                  stage.vocab_padded, spec=stage.spec, lm_head=not stage.value_head)
-    expected = {k for k in stage.core.state_dict() if not k.endswith("_extra_state") and not _is_value_head(k)}
+    expected = {k for k in stage.core.state_dict()
+                if not k.endswith("_extra_state") and not _is_value_head(stage, k)}
     if set(shard) != expected:
         raise RuntimeError(f"converted names differ from the model's: missing {sorted(expected - set(shard))}, "
                            f"unexpected {sorted(set(shard) - expected)}")
@@ -103,8 +105,8 @@ def load_hf_weights(stage: StageModel, hf_dir: str | Path) -> None:
             params[name].copy_(tensor)
 
 
-def _is_value_head(name: str) -> bool:
-    return name.startswith("output_layer.linear.")
+def _is_value_head(stage: StageModel, name: str) -> bool:
+    return stage.value_head and name.startswith("output_layer.")
 
 
 def _tp_gather(param: torch.Tensor, group) -> list[torch.Tensor]:
@@ -122,6 +124,6 @@ def stream_hf_weights(stage: StageModel) -> Iterator[tuple[str, torch.Tensor]]:
 
     group = ps.get_tensor_model_parallel_group()
     for name, param in stage.core.named_parameters():
-        if _is_value_head(name):
+        if _is_value_head(stage, name):
             continue
         yield from megatron_to_hf(name, _tp_gather(param, group), stage.dims, stage.layer_offset, spec=stage.spec)

@@ -7,7 +7,6 @@ Supports what rlpost feeds it: causal masking of right-padded sequences, no extr
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule

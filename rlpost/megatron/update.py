@@ -15,6 +15,7 @@ from rlpost.algorithms import actor_loss, value_loss
 from rlpost.config.schema import ActorConfig, CriticConfig
 from rlpost.megatron.forward import MicroBatch, OnOutput, logprobs_fn, run_schedule
 from rlpost.megatron.model import StageModel
+from rlpost.metrics import reduce_dicts
 
 
 def loss_denominators(micro_batches: list[MicroBatch], dp_group=None, horizon: int | None = None) -> dict:
@@ -28,20 +29,29 @@ def loss_denominators(micro_batches: list[MicroBatch], dp_group=None, horizon: i
 
 
 def actor_loss_fn(stage: StageModel, cfg: ActorConfig, n_micro_batches: int, dp: int, denominators: dict,
-                  temperature: float = 1.0) -> OnOutput:
-    """micro-batch keys: input_ids [b, s], loss_mask / old_log_probs / advantages (/ ref_log_probs) [b, s-1].
-    The LM head runs on loss_mask positions only (response tokens)."""
-    logprobs = logprobs_fn(stage, temperature, with_entropy=cfg.entropy_coeff > 0, masked=True)
+                  temperature: float = 1.0, on_policy: bool = False) -> OnOutput:
+    """micro-batch keys: input_ids [b, s], loss_mask / advantages (/ old_log_probs / ref_log_probs /
+    rollout_log_probs) [b, s-1]. The LM head runs on loss_mask positions only (response tokens).
+
+    on_policy: this is the batch's only optimizer step, so the old log-probs are this forward's own, detached; the
+    entropy and the rollout-vs-train difference that the skipped old-log-prob pass would have reported come from
+    here."""
+    logprobs = logprobs_fn(stage, temperature, with_entropy=cfg.entropy_coeff > 0 or on_policy, masked=True)
 
     def fn(output, mb):
         lp, ent = logprobs(output, mb)
+        old = lp.detach() if on_policy else mb["old_log_probs"]
         loss, metrics = actor_loss(
-            lp, mb["old_log_probs"], mb["advantages"], mb["loss_mask"], policy_loss=cfg.policy_loss,
+            lp, old, mb["advantages"], mb["loss_mask"], policy_loss=cfg.policy_loss,
             loss_agg_mode=cfg.loss_agg_mode, clip_ratio_low=cfg.clip_ratio_low, clip_ratio_high=cfg.clip_ratio_high,
             clip_ratio_c=cfg.clip_ratio_c, entropy=ent, entropy_coeff=cfg.entropy_coeff,
             ref_log_prob=mb["ref_log_probs"] if cfg.use_kl_loss else None, kl_loss_coef=cfg.kl_loss_coef,
             kl_loss_type=cfg.kl_loss_type, **denominators,
         )
+        if on_policy:
+            diff = (mb["rollout_log_probs"] - old).abs() * mb["loss_mask"]
+            metrics["rollout_logprob_diff_mean"] = diff.sum() / mb["loss_mask"].sum().clamp(min=1)
+            metrics["rollout_logprob_diff_max"] = diff.max()
         return loss * n_micro_batches * dp, metrics
 
     return OnOutput(fn, logprobs.hidden_states)
@@ -70,6 +80,4 @@ def train_step(stage: StageModel, optimizer, scheduler, micro_batches: list[Micr
         scheduler.step(increment=1)
     metrics = {"grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                "lr": optimizer.param_groups[0]["lr"], "update_skipped": not updated}
-    for key in per_micro_batch[0] if per_micro_batch else ():
-        metrics[key] = sum(float(m[key]) for m in per_micro_batch) / len(per_micro_batch)
-    return metrics
+    return metrics | reduce_dicts(per_micro_batch)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -43,8 +44,10 @@ def sample_seed(seed: int, step: int, uid: str) -> int:
 
 
 async def generate(client: SGLangClient, prompts: Batch, n: int, sampling: dict, max_new_tokens: int,
-                   seed: int | None = None, step: int = 0) -> list[Sample]:
-    """n samples per prompt (one request per prompt, so servers share the load); samples of a prompt are adjacent."""
+                   seed: int | None = None, step: int = 0, on_prompt_done: Callable[[], object] | None = None,
+                   ) -> list[Sample]:
+    """n samples per prompt (one request per prompt, so servers share the load); samples of a prompt are adjacent.
+    on_prompt_done is called as each prompt's samples arrive (a progress bar)."""
     ids, per_sample = prompt_token_ids(prompts), prompts.fields
 
     async def one(i: int) -> list[Sample]:
@@ -63,6 +66,8 @@ async def generate(client: SGLangClient, prompts: Batch, n: int, sampling: dict,
             out.append(Sample(ids[i], response, [float(t[0]) for t in token_logprobs], [1] * len(response),
                               a["text"], meta["finish_reason"]["type"] if meta.get("finish_reason") else "stop",
                               {k: v[i] for k, v in per_sample.items()}))
+        if on_prompt_done is not None:
+            on_prompt_done()
         return out
 
     groups = await asyncio.gather(*(one(i) for i in range(len(ids))))

@@ -36,12 +36,12 @@ def batch_metrics(batch: Batch, max_response_length: int) -> dict:
         out["critic/returns_mean"] = _masked_mean(batch["returns"], mask)
     if "entropy" in batch:
         out["actor/entropy"] = _masked_mean(batch["entropy"], mask)
-    if "ref_log_probs" in batch:
+    if "ref_log_probs" in batch and "old_log_probs" in batch:
         out["actor/kl_ref"] = _masked_mean(batch["old_log_probs"] - batch["ref_log_probs"], mask)
     if "old_log_probs" in batch:
         diff = (batch["rollout_log_probs"] - batch["old_log_probs"]).abs() * mask
-        out["rollout/logprob_diff_mean"] = float(diff.sum() / mask.sum().clamp(min=1))
-        out["rollout/logprob_diff_max"] = float(diff.max())
+        out["actor/rollout_logprob_diff_mean"] = float(diff.sum() / mask.sum().clamp(min=1))
+        out["actor/rollout_logprob_diff_max"] = float(diff.max())
     return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from pathlib import Path
 
 import torch
 
@@ -14,7 +15,7 @@ from rlpost.algorithms import make_kl_controller
 from rlpost.batch import Batch
 from rlpost.config import run_dir, save_config
 from rlpost.config.schema import RLConfig
-from rlpost.config.validate import training_devices, rollout_devices, uses_critic
+from rlpost.config.validate import recomputes_old_log_probs, rollout_devices, training_devices, uses_critic
 from rlpost.data.collate import collate
 from rlpost.data.dataset import RLDataset
 from rlpost.data.sampler import BatchSampler, total_steps
@@ -23,7 +24,7 @@ from rlpost.rollout.client import SGLangClient
 from rlpost.rollout.generate import generate, to_batch
 from rlpost.trainer import checkpoints
 from rlpost.trainer.advantage import compute_advantage
-from rlpost.metrics import mean_dicts
+from rlpost.metrics import reduce_dicts
 from rlpost.trainer.metrics import Timer, batch_metrics
 from rlpost.trainer.scoring import score_samples, token_level_scores, varied_groups
 from rlpost.trainer.tracking import Tracker
@@ -86,8 +87,9 @@ class PPOTrainer:
             timer, metrics = Timer(), {}
             with timer("gen"):
                 batch = self.rollout()
-            with timer("old_log_probs"):
-                batch.update(self.train.dp_call("old_log_probs", batch))
+            if recomputes_old_log_probs(cfg):
+                with timer("old_log_probs"):
+                    batch.update(self.train.dp_call("old_log_probs", batch))
             if self.use_ref:
                 with timer("ref"):
                     batch.update(self.train.dp_call("ref_log_probs", batch))
@@ -101,9 +103,9 @@ class PPOTrainer:
                 with timer("update_critic"):
                     batch["old_values"] = batch["values"]
                     n_critic = cfg.data.train_batch_size // cfg.critic.ppo_mini_batch_size
-                    metrics |= mean_dicts(self.train.dp_run("update_critic", batch, n_critic), "critic/")
+                    metrics |= reduce_dicts(self.train.dp_run("update_critic", batch, n_critic), "critic/")
             with timer("update_actor"):
-                metrics |= mean_dicts(self.train.dp_run("update_actor", batch, n_mini), "actor/")
+                metrics |= reduce_dicts(self.train.dp_run("update_actor", batch, n_mini), "actor/")
             with timer("sync_weights"):
                 self.sync_weights()
             metrics |= batch_metrics(batch, cfg.data.max_response_length) | timer.metrics(int(batch["lengths"].sum()))
@@ -153,11 +155,14 @@ class PPOTrainer:
                   "min_p": sampling.min_p}
         if not self._split:
             self.train.call("engine_memory", False)
+        bar = self.tracker.progress("generate (prompts)", len(prompts))
         try:
             return self.loop.run_until_complete(generate(self.client, prompts, sampling.n, params,
                                                          self.cfg.data.max_response_length, self.cfg.trainer.seed,
-                                                         step_key))
+                                                         step_key, bar.update if bar else None))
         finally:
+            if bar is not None:
+                bar.close()
             if not self._split:
                 self.train.call("engine_memory", True)
 
@@ -200,6 +205,20 @@ class PPOTrainer:
         log.info("resumed from %s (step %d)", path, self.step)
 
     def close(self) -> None:
+        """Frees the workers and leaves Ray (stopping the local instance if this process started it)."""
+        import ray
+
         self.loop.run_until_complete(self.client.close())
         self.loop.close()
         self.placement.shutdown()
+        ray.shutdown()
+
+
+def train(cfg: RLConfig) -> Path:
+    """A whole run, workers freed at the end however it ends; returns the run directory."""
+    trainer = PPOTrainer(cfg)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    return trainer.run_dir

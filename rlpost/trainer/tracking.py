@@ -8,8 +8,9 @@ import math
 import os
 from pathlib import Path
 
-CONSOLE_KEYS = ("reward/mean", "reward/acc", "response_length/mean", "actor/pg_loss", "actor/kl_ref",
-                "actor/grad_norm", "timing_s/step")
+CONSOLE_KEYS = {"reward/mean": "reward", "reward/acc": "acc", "response_length/mean": "response_len",
+                "actor/pg_loss": "pg_loss", "actor/kl_ref": "kl_ref", "actor/grad_norm": "grad_norm",
+                "timing_s/step": "step_s"}
 
 
 class Tracker:
@@ -48,12 +49,19 @@ class Tracker:
                 self._tb.add_scalar(k, v, step)
             self._tb.flush()
         if self._wandb is not None:
-            self._wandb.log(metrics, step=step)
+            self._wandb.log(metrics, step=step, commit=True)  # now, not when the next step arrives
         if self._bar is not None:
-            shown = {k.split("/")[-1] if k != "reward/mean" else "reward": v for k, v in metrics.items()
-                     if k in CONSOLE_KEYS or k.startswith("val/")}
+            shown = {CONSOLE_KEYS.get(k, k): v for k, v in metrics.items() if k in CONSOLE_KEYS or k.startswith("val/")}
             self._bar.write(f"step {step}: " + " ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
             self._bar.update(max(0, step - self._bar.n))
+
+    def progress(self, desc: str, total: int):
+        """A transient bar with ETA under the run's bar for a long phase (console only, else None)."""
+        if self._bar is None:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, leave=False, position=1, dynamic_ncols=True)
 
     def close(self) -> None:
         if self._bar is not None:

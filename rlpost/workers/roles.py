@@ -16,7 +16,7 @@ from rlpost.megatron.micro_batches import make_micro_batches, restore
 from rlpost.megatron.model import build_stage
 from rlpost.megatron.optim import build_optimizer, wrap_ddp
 from rlpost.megatron.update import actor_loss_fn, critic_loss_fn, loss_denominators, train_step
-from rlpost.metrics import mean_dicts
+from rlpost.metrics import reduce_dicts
 
 
 def micro_batches(batch: Batch, keys: list[str], micro_batch_size: int, max_tokens: int | None):
@@ -52,7 +52,7 @@ class _Trained:
                 mbs, _ = micro_batches(mini, keys, self.cfg.micro_batch_size, self.cfg.max_tokens_per_micro_batch)
                 loss_fn = make_loss(len(mbs), dp, loss_denominators(mbs, group))
                 metrics.append(train_step(self.stage, self.optimizer, self.scheduler, mbs, loss_fn))
-        return mean_dicts(metrics)
+        return reduce_dicts(metrics)
 
 
 class PolicyRole(_Trained):
@@ -75,9 +75,15 @@ class PolicyRole(_Trained):
         return {k: restore([o[k] for o in out], groups, width) for k in out[0]}
 
     def update(self, batch: Batch, n_mini_batches: int) -> dict:
-        keys = ["loss_mask", "old_log_probs", "advantages"] + (["ref_log_probs"] if self.cfg.use_kl_loss else [])
-        return self._train(batch, n_mini_batches, keys,
-                           lambda n, dp, den: actor_loss_fn(self.stage, self.cfg, n, dp, den, self.temperature))
+        """Without old_log_probs in the batch the update must be its only optimizer step (see actor_loss_fn)."""
+        on_policy = "old_log_probs" not in batch
+        if on_policy and n_mini_batches * self.cfg.ppo_epochs != 1:
+            raise ValueError(f"old_log_probs are missing but the update takes {n_mini_batches} mini-batches x "
+                             f"{self.cfg.ppo_epochs} epochs; only a single optimizer step can use its own log-probs")
+        keys = ["loss_mask", "advantages"] + (["rollout_log_probs"] if on_policy else ["old_log_probs"])
+        keys += ["ref_log_probs"] if self.cfg.use_kl_loss else []
+        return self._train(batch, n_mini_batches, keys, lambda n, dp, den: actor_loss_fn(
+            self.stage, self.cfg, n, dp, den, self.temperature, on_policy))
 
     def named_parameters(self) -> dict[str, torch.Tensor]:
         return {name: p.detach() for name, p in self.stage.core.named_parameters()}
