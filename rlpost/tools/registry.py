@@ -1,0 +1,96 @@
+"""Tool and interaction YAML files in verl's format, loaded unchanged:
+
+    tools:                                   interaction:
+      - class_name: verl.tools.gsm8k_tool.Gsm8kTool      - name: gsm8k
+        config: {type: native}                   class_name: verl.interactions.gsm8k_interaction.Gsm8kInteraction
+        tool_schema: {type: function, function: {...}}   config: {}
+
+verl's class names map to rlpost's own implementations; any other dotted name is imported as it is."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlpost.tools.schema import ToolSchema
+
+VERL_CLASSES = {
+    "verl.tools.gsm8k_tool.Gsm8kTool": "rlpost.tools.gsm8k.Gsm8kTool",
+    "verl.interactions.gsm8k_interaction.Gsm8kInteraction": "rlpost.tools.gsm8k.Gsm8kInteraction",
+}
+TOOL_METHODS = ("create", "execute", "calc_reward", "release")
+INTERACTION_METHODS = ("start_interaction", "generate_response", "calculate_score", "finalize_interaction")
+
+
+def _entries(path: str | Path, top: str, keys: set[str]) -> list[tuple[str, dict]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{top} config '{path}' not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict) or not isinstance(data.get(top), list):
+        raise ValueError(f"{path}: expected a top-level '{top}:' list")
+    out = []
+    for i, entry in enumerate(data[top]):
+        where = f"{path}: {top}[{i}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a mapping with keys {sorted(keys)}, got {entry!r}")
+        unknown = set(entry) - keys
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)} (expected {sorted(keys)})")
+        if not isinstance(entry.get("class_name"), str):
+            raise ValueError(f"{where}: class_name must be a dotted 'module.Class' name")
+        config = entry.get("config") or {}
+        if not isinstance(config, dict):
+            raise ValueError(f"{where}: config must be a mapping, got {config!r}")
+        out.append((where, {**entry, "config": dict(config)}))
+    return out
+
+
+def _class(name: str, where: str, methods: tuple[str, ...]) -> type:
+    module_name, _, attr = VERL_CLASSES.get(name, name).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ImportError(f"{where}: cannot import class_name '{name}': {e}") from e
+    missing = [m for m in methods if not callable(getattr(cls, m, None))]
+    if missing:
+        raise TypeError(f"{where}: '{name}' lacks {missing}; it must implement {list(methods)}")
+    return cls
+
+
+def load_tools(path: str | Path) -> dict[str, Any]:
+    """{function name: tool instance}."""
+    tools: dict[str, Any] = {}
+    for where, entry in _entries(path, "tools", {"class_name", "config", "tool_schema", "mcp"}):
+        kind = entry["config"].get("type", "native")
+        if kind != "native":
+            raise ValueError(f"{where}: config.type '{kind}' is not supported (rlpost runs 'native' tools)")
+        schema = ToolSchema.from_dict(entry["tool_schema"], where) if entry.get("tool_schema") is not None else None
+        tool = _class(entry["class_name"], where, TOOL_METHODS)(config=entry["config"], tool_schema=schema)
+        if tool.name in tools:
+            raise ValueError(f"{where}: a second tool named '{tool.name}'")
+        tools[tool.name] = tool
+    return tools
+
+
+def default_interaction_name(class_name: str) -> str:
+    simple = class_name.rpartition(".")[2]
+    return (simple[: -len("Interaction")] if simple.endswith("Interaction") else simple).lower()
+
+
+def load_interactions(path: str | Path) -> dict[str, Any]:
+    """{name: interaction instance}; a nameless entry is named after its class (Gsm8kInteraction -> gsm8k)."""
+    out: dict[str, Any] = {}
+    for where, entry in _entries(path, "interaction", {"name", "class_name", "config"}):
+        name = entry.get("name") or default_interaction_name(entry["class_name"])
+        if name in out:
+            raise ValueError(f"{where}: a second interaction named '{name}'")
+        cls = _class(entry["class_name"], where, INTERACTION_METHODS)
+        out[name] = cls(config={**entry["config"], "name": name})
+    return out
