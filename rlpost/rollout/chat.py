@@ -67,9 +67,13 @@ class ChatTokens:
                                  "tokenisation cannot be used with it")
         return full[cut + len(eos):]
 
-    def add_messages(self, new_messages: list[dict]) -> None:
-        """Tool results / user turns after an assistant turn, then the next generation prompt (all mask 0)."""
-        delta = self._encode(self.template_delta(new_messages))
+    def delta_ids(self, new_messages: list[dict]) -> list[int]:
+        return self._encode(self.template_delta(new_messages))
+
+    def add_messages(self, new_messages: list[dict], delta: list[int] | None = None) -> None:
+        """Tool results / user turns after an assistant turn, then the next generation prompt (all mask 0);
+        `delta` is their delta_ids when already computed."""
+        delta = self.delta_ids(new_messages) if delta is None else delta
         self.ids += delta
         self.mask += [0] * len(delta)
         self.messages += [dict(m) for m in new_messages]

@@ -1,0 +1,180 @@
+"""Multi-turn rollout: one trajectory per sample, a state machine run concurrently across samples with asyncio.
+
+    generate -> tool calls?  -> run them (in parallel, each with a timeout) -> tool turn -> generate ...
+             -> interaction? -> the simulated user's reply (or its verdict: done)  -> user turn -> generate ...
+             -> otherwise done
+
+The conversation is kept as token ids (rlpost.rollout.chat.ChatTokens): the policy's tokens exactly as sampled
+(loss mask 1, with their rollout log-probs), tool and user turns as the chat template's delta (mask 0).
+data.max_response_length bounds everything after the prompt, all turns together; a turn that would not fit ends
+the trajectory. Tools live for the whole trajectory: `create` with the sample's tools_kwargs[name].create_kwargs,
+`execute` per call with execute_kwargs, `calc_reward` and `release` at the end (calc_reward_kwargs,
+release_kwargs); an interaction is chosen by interaction_kwargs.name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from rlpost.rollout.chat import ChatTokens
+from rlpost.rollout.client import SGLangClient
+from rlpost.rollout.generate import Sample
+from rlpost.rollout.tool_parser import parse_tool_calls
+
+
+@dataclass
+class AgentSettings:
+    """rollout.multi_turn, plus the response budget (data.max_response_length)."""
+
+    max_response_tokens: int
+    max_assistant_turns: int | None = None
+    max_user_turns: int | None = None  # tool turns and interaction turns both count
+    max_parallel_calls: int = 1
+    max_tool_response_length: int = 256  # characters of one tool's answer
+    tool_response_truncate_side: str = "middle"  # left keeps the start, right the end, middle both ends (verl's)
+    tool_timeout_s: float = 30.0
+    sanity_check: bool = False  # compare the ids with a full re-tokenisation at the end (slow; on in tests)
+
+
+def truncate_tool_text(text: str, limit: int, side: str) -> str:
+    if len(text) <= limit:
+        return text
+    if side == "left":
+        return text[:limit] + "...(truncated)"
+    if side == "right":
+        return "(truncated)..." + text[-limit:]
+    return text[: limit // 2] + "...(truncated)..." + text[len(text) - limit // 2 :]
+
+
+class Trajectory:
+    """One sample's conversation with its tools and interaction."""
+
+    def __init__(self, client: SGLangClient, tokenizer, messages: list[dict], tools: dict[str, Any],
+                 interaction, fields: dict, settings: AgentSettings, sampling: dict):
+        self.client, self.tokenizer, self.tools, self.interaction = client, tokenizer, tools, interaction
+        self.fields, self.settings, self.sampling = fields, settings, sampling
+        schemas = [t.tool_schema.openai() for t in tools.values()] or None
+        self.chat = ChatTokens(tokenizer, messages, tools=schemas)
+        self.log_probs = [0.0] * len(self.chat.ids)
+        self.tools_kwargs = fields.get("tools_kwargs") or {}
+        self.interaction_kwargs = dict(fields.get("interaction_kwargs") or {})
+        self.assistant_turns = self.user_turns = 0
+        self.tool_rewards: list[float] = []
+        self.turn_scores: list[float] = []
+        self.tool_calls = 0
+        self.finish_reason = "stop"
+        self.id = str(uuid.uuid4())
+
+    @property
+    def response_tokens(self) -> int:
+        return len(self.chat.ids) - self.chat.prompt_length
+
+    def _kwargs(self, tool: str, stage: str) -> dict:
+        return dict((self.tools_kwargs.get(tool) or {}).get(f"{stage}_kwargs") or {})
+
+    async def run(self) -> Sample:
+        instances = {}
+        try:
+            for name, tool in self.tools.items():
+                instances[name], _ = await tool.create(f"{self.id}-{name}", **self._kwargs(name, "create"))
+            if self.interaction is not None:
+                await self.interaction.start_interaction(self.id, **self.interaction_kwargs)
+            await self._loop(instances)
+            for name, tool in self.tools.items():
+                self.fields.setdefault("tool_final_rewards", {})[name] = float(
+                    await tool.calc_reward(instances[name], **self._kwargs(name, "calc_reward")))
+            if self.interaction is not None:
+                self.fields["interaction_score"] = float(await self.interaction.calculate_score(self.id))
+        finally:
+            for name, instance in instances.items():
+                await self.tools[name].release(instance, **self._kwargs(name, "release"))
+            if self.interaction is not None:
+                await self.interaction.finalize_interaction(self.id)
+        return self._sample()
+
+    async def _loop(self, instances: dict[str, str]) -> None:
+        s = self.settings
+        while True:
+            budget = s.max_response_tokens - self.response_tokens
+            if budget <= 0:
+                self.finish_reason = "length"
+                return
+            text = await self._generate(budget)
+            if self.finish_reason != "stop" or (s.max_assistant_turns and self.assistant_turns >= s.max_assistant_turns):
+                return
+            parsed = parse_tool_calls(text, self.tools.keys()) if self.tools else None
+            if parsed is not None and (parsed.tool_calls or parsed.errors):
+                turn = await self._call_tools(parsed, instances)
+            elif self.interaction is not None:
+                done, reply, score, _ = await self.interaction.generate_response(self.id, self.chat.messages,
+                                                                                 **self.interaction_kwargs)
+                self.turn_scores.append(float(score))
+                if done:
+                    return
+                turn = [{"role": "user", "content": reply}]
+            else:
+                return
+            if (s.max_user_turns and self.user_turns >= s.max_user_turns) or not self._append(turn):
+                return
+
+    async def _generate(self, budget: int) -> str:
+        answer = await self.client.generate(self.chat.ids, {**self.sampling, "max_new_tokens": budget, "n": 1},
+                                            return_logprob=True)
+        meta = answer["meta_info"]
+        pairs = meta["output_token_logprobs"]
+        ids = [int(p[1]) for p in pairs]
+        start = len(self.chat.ids)
+        self.chat.add_generated(ids, answer["text"])
+        self.log_probs += [float(p[0]) for p in pairs] + [0.0] * (len(self.chat.ids) - start - len(ids))
+        self.assistant_turns += 1
+        self.finish_reason = (meta.get("finish_reason") or {}).get("type", "stop")
+        return answer["text"]
+
+    async def _call_tools(self, parsed, instances: dict[str, str]) -> list[dict]:
+        calls = parsed.tool_calls[: self.settings.max_parallel_calls]
+        self.tool_calls += len(calls)
+        results = await asyncio.gather(*(self._call(c.name, c.arguments, instances[c.name]) for c in calls))
+        skipped = len(parsed.tool_calls) - len(calls)
+        notes = [f"Error: {skipped} more tool call(s) not run: at most {self.settings.max_parallel_calls} per turn."
+                 ] if skipped else []
+        return [{"role": "tool", "content": t} for t in [*results, *parsed.errors, *notes]]
+
+    async def _call(self, name: str, arguments: dict, instance: str) -> str:
+        s = self.settings
+        try:
+            response, reward, _ = await asyncio.wait_for(
+                self.tools[name].execute(instance, arguments, **self._kwargs(name, "execute")), s.tool_timeout_s)
+        except asyncio.TimeoutError:
+            return f"Error: tool '{name}' did not answer within {s.tool_timeout_s:g} s."
+        except Exception as e:  # a tool's failure is the model's observation, not the rollout's crash
+            return f"Error when executing tool '{name}': {type(e).__name__}: {e}"
+        if reward is not None:
+            self.tool_rewards.append(float(reward))
+        return truncate_tool_text(response.text or "", s.max_tool_response_length, s.tool_response_truncate_side)
+
+    def _append(self, messages: list[dict]) -> bool:
+        """Adds a tool/user turn unless it would leave no room under the response budget."""
+        delta = self.chat.delta_ids(messages)
+        if self.response_tokens + len(delta) >= self.settings.max_response_tokens:
+            self.finish_reason = "length"
+            return False
+        self.chat.add_messages(messages, delta)
+        self.log_probs += [0.0] * (len(self.chat.ids) - len(self.log_probs))
+        self.user_turns += 1
+        return True
+
+    def _sample(self) -> Sample:
+        if self.settings.sanity_check:
+            mismatch = self.chat.check()
+            if mismatch is not None:
+                raise RuntimeError(f"multi-turn tokenisation differs from the full conversation's: {mismatch}")
+        p = self.chat.prompt_length
+        fields = {**self.fields, "num_turns": self.assistant_turns + self.user_turns + 1,
+                  "tool_calls": self.tool_calls, "tool_rewards": self.tool_rewards, "turn_scores": self.turn_scores,
+                  "messages_out": self.chat.messages}
+        text = self.tokenizer.decode(self.chat.ids[p:], skip_special_tokens=False)
+        return Sample(self.chat.ids[:p], self.chat.ids[p:], self.log_probs[p:], self.chat.mask[p:], text,
+                      self.finish_reason, fields)
