@@ -106,6 +106,7 @@ class MultiTurnConfig:
     max_parallel_calls: int = rule(**POSITIVE)
     max_tool_response_length: int = rule(**POSITIVE)
     tool_response_truncate_side: Literal["left", "middle", "right"]
+    tool_timeout_s: float = rule(gt=0.0)
     tool_config_path: Optional[str]
     interaction_config_path: Optional[str]
 
@@ -174,6 +175,7 @@ class TrainerConfig:
     total_training_steps: Optional[int] = rule(**POSITIVE)
     seed: int
     logger: list[Literal["console", "jsonl", "tensorboard", "wandb"]]
+    log_samples: int = rule(min=0)
     val_before_train: bool
     val_every: int = rule(min=0)
     save_every: int = rule(min=0)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from rlpost.rollout.chat import ChatTokens
 from rlpost.rollout.client import SGLangClient
-from rlpost.rollout.generate import Sample
+from rlpost.batch import Batch
+from rlpost.registry import did_you_mean
+from rlpost.rollout.generate import Sample, sample_seed
 from rlpost.rollout.tool_parser import parse_tool_calls
 
 
@@ -65,6 +67,7 @@ class Trajectory:
         self.tool_rewards: list[float] = []
         self.turn_scores: list[float] = []
         self.tool_calls = 0
+        self.fields["tool_final_rewards"], self.fields["interaction_score"] = {}, None
         self.finish_reason = "stop"
         self.id = str(uuid.uuid4())
 
@@ -84,7 +87,7 @@ class Trajectory:
                 await self.interaction.start_interaction(self.id, **self.interaction_kwargs)
             await self._loop(instances)
             for name, tool in self.tools.items():
-                self.fields.setdefault("tool_final_rewards", {})[name] = float(
+                self.fields["tool_final_rewards"][name] = float(
                     await tool.calc_reward(instances[name], **self._kwargs(name, "calc_reward")))
             if self.interaction is not None:
                 self.fields["interaction_score"] = float(await self.interaction.calculate_score(self.id))
@@ -175,6 +178,47 @@ class Trajectory:
         fields = {**self.fields, "num_turns": self.assistant_turns + self.user_turns + 1,
                   "tool_calls": self.tool_calls, "tool_rewards": self.tool_rewards, "turn_scores": self.turn_scores,
                   "messages_out": self.chat.messages}
-        text = self.tokenizer.decode(self.chat.ids[p:], skip_special_tokens=False)
+        text = self.tokenizer.decode(self.chat.ids[p:], skip_special_tokens=True)
         return Sample(self.chat.ids[:p], self.chat.ids[p:], self.log_probs[p:], self.chat.mask[p:], text,
                       self.finish_reason, fields)
+
+
+def pick_interaction(interactions: dict[str, Any], kwargs: dict, uid: str):
+    """The interaction named by the row's interaction_kwargs.name (the only one configured when unnamed)."""
+    if not interactions:
+        return None
+    name = kwargs.get("name")
+    if name is None:
+        if len(interactions) == 1:
+            return next(iter(interactions.values()))
+        raise ValueError(f"row {uid}: extra_info.interaction_kwargs has no 'name' to choose among the configured "
+                         f"interactions {sorted(interactions)}")
+    if name not in interactions:
+        raise ValueError(f"row {uid}: interaction '{name}' is not configured{did_you_mean(name, interactions)}; "
+                         f"configured: {sorted(interactions)}")
+    return interactions[name]
+
+
+async def generate_multi_turn(client: SGLangClient, tokenizer, prompts: Batch, n: int, sampling: dict,
+                              settings: AgentSettings, tools: dict[str, Any], interactions: dict[str, Any],
+                              seed: int | None = None, step: int = 0,
+                              on_sample_done: Callable[[], object] | None = None) -> list[Sample]:
+    """n trajectories per prompt, all concurrently; samples of a prompt are adjacent. tools_kwargs and
+    interaction_kwargs come from each row's extra_info (verl's layout)."""
+
+    async def one(i: int, k: int) -> Sample:
+        fields = {key: values[i] for key, values in prompts.fields.items()}
+        extra = fields.get("extra_info") or {}
+        fields["tools_kwargs"] = extra.get("tools_kwargs") or {}
+        fields["interaction_kwargs"] = extra.get("interaction_kwargs") or {}
+        interaction = pick_interaction(interactions, fields["interaction_kwargs"], str(fields.get("uid")))
+        params = dict(sampling)
+        if seed is not None:
+            params["sampling_seed"] = sample_seed(seed, step, f"{fields.get('uid')}:{k}")
+        sample = await Trajectory(client, tokenizer, fields["messages"], tools, interaction, fields, settings,
+                                  params).run()
+        if on_sample_done is not None:
+            on_sample_done()
+        return sample
+
+    return list(await asyncio.gather(*(one(i, k) for i in range(len(prompts)) for k in range(n))))

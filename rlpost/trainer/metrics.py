@@ -38,11 +38,23 @@ def batch_metrics(batch: Batch, max_response_length: int) -> dict:
         out["actor/entropy"] = _masked_mean(batch["entropy"], mask)
     if "ref_log_probs" in batch and "old_log_probs" in batch:
         out["actor/kl_ref"] = _masked_mean(batch["old_log_probs"] - batch["ref_log_probs"], mask)
+    if "num_turns" in batch:
+        out["multi_turn/num_turns_mean"] = sum(batch["num_turns"]) / len(batch)
+        out["multi_turn/tool_calls_mean"] = sum(batch["tool_calls"]) / len(batch)
     if "old_log_probs" in batch:
         diff = (batch["rollout_log_probs"] - batch["old_log_probs"]).abs() * mask
         out["actor/rollout_logprob_diff_mean"] = float(diff.sum() / mask.sum().clamp(min=1))
         out["actor/rollout_logprob_diff_max"] = float(diff.max())
     return out
+
+
+SAMPLE_KEYS = ("uid", "data_source", "score", "finish_reason", "num_turns", "tool_calls", "response_text")
+
+
+def sample_rows(batch: Batch, count: int) -> list[dict]:
+    """The step's first `count` samples as JSON rows (what the policy wrote, tool turns included, and its score)."""
+    return [{k: batch[k][i] for k in SAMPLE_KEYS if k in batch} | {"response_length": int(batch["response_lengths"][i])}
+            for i in range(min(count, len(batch)))]
 
 
 class Timer:

@@ -20,15 +20,17 @@ from rlpost.data.collate import collate
 from rlpost.data.dataset import RLDataset
 from rlpost.data.sampler import BatchSampler, total_steps
 from rlpost.rewards.registry import RewardScorer
+from rlpost.rollout.agent_loop import AgentSettings, generate_multi_turn
 from rlpost.rollout.client import SGLangClient
 from rlpost.rollout.generate import generate, to_batch
 from rlpost.trainer import checkpoints
 from rlpost.trainer.advantage import compute_advantage
 from rlpost.metrics import reduce_dicts
-from rlpost.trainer.metrics import Timer, batch_metrics
+from rlpost.trainer.metrics import Timer, batch_metrics, sample_rows
 from rlpost.trainer.scoring import score_samples, token_level_scores, varied_groups
 from rlpost.trainer.tracking import Tracker
 from rlpost.trainer.validation import validate
+from rlpost.tools import load_interactions, load_tools
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,16 @@ class PPOTrainer:
         model_dirs = {"actor": actor_dir, "critic": str(resolve_model_path(cfg.critic.model_path or actor_dir))}
         self.tokenizer = AutoTokenizer.from_pretrained(actor_dir)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        mt = cfg.rollout.multi_turn
+        self.tools = load_tools(mt.tool_config_path) if mt.enable and mt.tool_config_path else {}
+        self.interactions = (load_interactions(mt.interaction_config_path)
+                             if mt.enable and mt.interaction_config_path else {})
+        schemas = [t.tool_schema.openai() for t in self.tools.values()] or None  # the prompt lists the tools
         d = cfg.data
         self.train_data = RLDataset(d.train_files, self.tokenizer, d.max_prompt_length, d.prompt_key, d.image_key,
-                                    d.filter_overlong_prompts, d.truncation)
+                                    d.filter_overlong_prompts, d.truncation, schemas)
         self.val_data = RLDataset(d.val_files, self.tokenizer, d.max_prompt_length, d.prompt_key, d.image_key,
-                                  d.filter_overlong_prompts, d.truncation) if d.val_files else None
+                                  d.filter_overlong_prompts, d.truncation, schemas) if d.val_files else None
         self.sampler = BatchSampler(len(self.train_data), d.train_batch_size, d.shuffle, d.seed)
         self.total_steps = total_steps(self.sampler.steps_per_epoch, cfg.trainer.total_epochs,
                                        cfg.trainer.total_training_steps)
@@ -115,6 +122,7 @@ class PPOTrainer:
             if cfg.trainer.val_every and (self.step % cfg.trainer.val_every == 0 or last):
                 metrics |= self.validate()
             self.tracker.log(metrics, self.step)
+            self.tracker.log_samples(sample_rows(batch, cfg.trainer.log_samples), self.step)
             if last or (cfg.trainer.save_every and self.step % cfg.trainer.save_every == 0):
                 self.save()
         self.tracker.close()
@@ -153,18 +161,32 @@ class PPOTrainer:
     def generate_samples(self, prompts: Batch, sampling, step_key: int):
         params = {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
                   "min_p": sampling.min_p}
+        cfg = self.cfg
         if not self._split:
             self.train.call("engine_memory", False)
-        bar = self.tracker.progress("generate (prompts)", len(prompts))
+        multi_turn = cfg.rollout.multi_turn.enable
+        bar = self.tracker.progress("generate (samples)" if multi_turn else "generate (prompts)",
+                                    len(prompts) * (sampling.n if multi_turn else 1))
+        done = bar.update if bar else None
         try:
+            if multi_turn:
+                return self.loop.run_until_complete(generate_multi_turn(
+                    self.client, self.tokenizer, prompts, sampling.n, params, self._agent_settings(), self.tools,
+                    self.interactions, cfg.trainer.seed, step_key, done))
             return self.loop.run_until_complete(generate(self.client, prompts, sampling.n, params,
-                                                         self.cfg.data.max_response_length, self.cfg.trainer.seed,
-                                                         step_key, bar.update if bar else None))
+                                                         cfg.data.max_response_length, cfg.trainer.seed, step_key,
+                                                         done))
         finally:
             if bar is not None:
                 bar.close()
             if not self._split:
                 self.train.call("engine_memory", True)
+
+    def _agent_settings(self) -> AgentSettings:
+        mt = self.cfg.rollout.multi_turn
+        return AgentSettings(self.cfg.data.max_response_length, mt.max_assistant_turns, mt.max_user_turns,
+                             mt.max_parallel_calls, mt.max_tool_response_length, mt.tool_response_truncate_side,
+                             mt.tool_timeout_s)
 
     def _greedy_baselines(self, prompts: Batch, samples) -> None:
         """ReMax: each prompt's greedy response, scored, is the baseline of its samples."""

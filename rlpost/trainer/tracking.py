@@ -55,6 +55,14 @@ class Tracker:
             self._bar.write(f"step {step}: " + " ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
             self._bar.update(max(0, step - self._bar.n))
 
+    def log_samples(self, rows: list[dict], step: int) -> None:
+        """Rows to samples.jsonl beside metrics.jsonl (jsonl logger only)."""
+        if self._jsonl is None or not rows:
+            return
+        with open(self.run_dir / "samples.jsonl", "a") as f:
+            for row in rows:
+                f.write(json.dumps({"step": step, **row}) + "\n")
+
     def progress(self, desc: str, total: int):
         """A transient bar with ETA under the run's bar for a long phase (console only, else None)."""
         if self._bar is None:
