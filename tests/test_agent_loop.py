@@ -97,6 +97,15 @@ def test_response_budget_ends_the_trajectory_before_a_turn_that_does_not_fit(cal
                                 max_response_tokens=30)
     assert len(sample.response_ids) <= 30 and sample.finish_reason == "length"
     assert sample.fields["messages_out"][-1]["role"] == "assistant"
+    assert sample.response_mask[-1] == 1  # ends on the policy's last token, where the score will be placed
+
+
+def test_a_turn_cut_by_the_budget_ends_on_the_policys_last_token(caller):
+    with serve(caller) as (url, tokenizer):
+        [sample] = trajectories(url, tokenizer, [({}, None, {})], max_response_tokens=2)
+    # the eos that closes the cut turn in the conversation is not the policy's, so it is not in the response
+    assert sample.finish_reason == "length" and sample.response_mask == [1, 1]
+    assert sample.response_ids == tokenizer.convert_tokens_to_ids(["<tool_call>", CALL])
 
 
 def test_malformed_call_is_answered_with_an_error_turn(tmp_path):
@@ -166,7 +175,7 @@ def test_calls_beyond_max_parallel_calls_are_refused_with_a_note(two_calls):
         [sample] = trajectories(url, tokenizer, [({"probe": Echo()}, None, {})], max_assistant_turns=2,
                                 sanity_check=False)
     tool_turns = [m["content"] for m in sample.fields["messages_out"] if m["role"] == "tool"]
-    assert tool_turns == ["ok", "Error: 1 more tool call(s) not run: at most 1 per turn."]
+    assert tool_turns == ["ok", "Error: tool call not run: at most 1 call(s) per turn."]
 
 
 def test_hanging_tool_times_out_without_stalling_other_samples(tmp_path):
@@ -182,7 +191,7 @@ def test_hanging_tool_times_out_without_stalling_other_samples(tmp_path):
     assert timed_out == ["Error: tool 'probe' did not answer within 3 s."] and stuck.fields["tool_rewards"] == []
 
 
-@pytest.mark.parametrize("truth,turns,scores", [("17", 1, [1.0]), ("18", 3, [0.0, 0.0, 0.0])])
+@pytest.mark.parametrize("truth,turns,scores", [("17", 1, [1.0]), ("18", 3, [0.0, 0.0])])
 def test_interaction_asks_again_until_solved_or_out_of_turns(tmp_path, truth, turns, scores):
     path = make_scripted_checkpoint(tmp_path / "answer", ["So the answer is", "\n#### 17"])
     (tmp_path / "interaction.yaml").write_text(

@@ -92,6 +92,13 @@ def test_reinforce_plus_plus_returns_and_whitening():
     torch.testing.assert_close(adv, expect, atol=1e-5, rtol=0)
 
 
+def test_reinforce_plus_plus_carries_the_return_over_masked_turns():
+    # a multi-turn row: assistant, tool (masked), assistant; gamma .5 discounts only over the policy's tokens
+    rewards, mask = T([[0.0, 0.0, 0.0, 0.0, 1.0]]), T([[1, 0, 0, 1, 1]])
+    _, ret = compute_advantages("reinforce_plus_plus", token_level_rewards=rewards, response_mask=mask, gamma=0.5)
+    torch.testing.assert_close(ret, T([[0.25, 0.0, 0.0, 0.5, 1.0]]))
+
+
 def test_reinforce_plus_plus_baseline():
     # scores 1, 3 in one group -> -1, +1 on every token; whitened over the 4 unmasked tokens [-1,-1,1,1]: std = 2/sqrt3
     mask = T([[1, 1], [1, 1]])

@@ -126,6 +126,10 @@ def test_cross_field_checks():
     assert problems("rollout.multi_turn.enable=true") == [
         "rollout.multi_turn.enable = true needs rollout.multi_turn.tool_config_path or "
         "rollout.multi_turn.interaction_config_path"]
+    assert problems("rollout.multi_turn.enable=true", "rollout.multi_turn.interaction_config_path=x.yaml",
+                    "data.filter_overlong_prompts=false", "data.truncation=left") == [
+        "data.truncation = left does not apply to multi-turn prompts, which are rendered from their messages: set "
+        "data.filter_overlong_prompts = true or data.truncation = error"]
     # the critic is only checked when an estimator needs it
     load("critic.tp=2")
     assert problems("critic.tp=2", "algorithm.adv_estimator=gae") == [

@@ -32,6 +32,22 @@ def test_score_lands_on_the_position_predicting_the_last_response_token():
     assert token_level_scores(batch).tolist() == [[0, 0, 0, 1.5], [0, 0, -1.0, 0]]
 
 
+def test_multi_turn_scores_reach_the_reward_function_in_extra_info(tmp_path):
+    from rlpost.rewards.registry import RewardScorer
+    from rlpost.trainer.scoring import score_samples
+
+    (tmp_path / "reward.py").write_text(
+        "def by_interaction(data_source, solution_str, ground_truth, extra_info=None, **_):\n"
+        "    scores = extra_info['rollout_reward_scores']\n"
+        "    return scores['interaction_score'] + sum(scores['tool_rewards']) + extra_info['row']\n")
+    fields = {"uid": "a", "data_source": "d", "ground_truth": "1", "extra_info": {"row": 10.0}, "num_turns": 3,
+              "tool_final_rewards": {}, "tool_rewards": [-0.05], "interaction_score": 1.0, "turn_scores": [0.0, 1.0]}
+    s = Sample([1], [2], [-0.1], [1], "text", "stop", fields)
+    score_samples([s], RewardScorer(f"{tmp_path / 'reward.py'}:by_interaction"), 16, OverlongBufferConfig(False, 4, 1.0))
+    assert s.fields["score"] == pytest.approx(10.95)
+    assert "rollout_reward_scores" not in s.fields["extra_info"]  # the row's own extra_info is left as it was
+
+
 def test_overlong_penalty_is_linear_over_the_buffer():
     cfg = OverlongBufferConfig(enable=True, len=4, penalty_factor=1.0)
     # limit 16, buffer 4: no penalty up to 12 tokens, then -1/4 per token down to -1 at 16

@@ -91,14 +91,15 @@ def rloo(token_level_rewards, response_mask, index, **_):
 
 @ADV_ESTIMATORS.register("reinforce_plus_plus")
 def reinforce_plus_plus(token_level_rewards, response_mask, gamma: float, **_):
-    """Discounted return-to-go, whitened across the batch (no critic, no group baseline)."""
+    """Discounted return-to-go over the policy's tokens, whitened across the batch (no critic, no group baseline).
+    Masked positions (tool and user turns of a multi-turn sample) carry the return through undiscounted, so earlier
+    assistant turns are credited with the final score."""
     mask = response_mask.to(token_level_rewards.dtype)
     returns = torch.zeros_like(token_level_rewards)
     running = torch.zeros_like(token_level_rewards[:, 0])
     for t in reversed(range(token_level_rewards.shape[1])):
-        running = token_level_rewards[:, t] + gamma * running
+        running = torch.where(mask[:, t] > 0, token_level_rewards[:, t] + gamma * running, running)
         returns[:, t] = running
-        running = running * mask[:, t]
     return masked_whiten(returns, mask) * mask, returns * mask
 
 

@@ -149,6 +149,10 @@ def cross_check(cfg: RLConfig, check_files: bool = True) -> list[str]:
     if mt.enable and mt.tool_config_path is None and mt.interaction_config_path is None:
         problems.append("rollout.multi_turn.enable = true needs rollout.multi_turn.tool_config_path or "
                         "rollout.multi_turn.interaction_config_path")
+    if mt.enable and not cfg.data.filter_overlong_prompts and cfg.data.truncation != "error":
+        problems.append(f"data.truncation = {cfg.data.truncation} does not apply to multi-turn prompts, which are "
+                        f"rendered from their messages: set data.filter_overlong_prompts = true or "
+                        f"data.truncation = error")
     if check_files:
         problems += _files(cfg)
         problems += _model(cfg)

@@ -49,10 +49,10 @@ class ValueHead(torch.nn.Module):
     (output_layer.weight / .bias, which megatron's checkpointing expects) as megatron's output layer, replicated over
     TP (every TP rank sees the same hidden states, or its sequence slice under sequence parallelism)."""
 
-    def __init__(self, hidden: int, sequence_parallel: bool):
+    def __init__(self, hidden: int, sequence_parallel: bool, dtype: torch.dtype):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.empty(1, hidden))
-        self.bias = torch.nn.Parameter(torch.zeros(1))
+        self.weight = torch.nn.Parameter(torch.empty(1, hidden, dtype=dtype))
+        self.bias = torch.nn.Parameter(torch.zeros(1, dtype=dtype))
         torch.nn.init.normal_(self.weight, std=1.0 / (hidden + 1) ** 0.5)
         for p in (self.weight, self.bias):
             p.sequence_parallel = sequence_parallel  # tells megatron to all-reduce these grads over TP
@@ -79,7 +79,7 @@ def build_stage(hf_dir: str | Path, dtype: str = "float32", load_weights: bool =
     module = build_gpt_model(hf_config, config, pre_process=ps.is_pipeline_first_stage(),
                              post_process=ps.is_pipeline_last_stage())
     if value_head and ps.is_pipeline_last_stage():
-        module.output_layer = ValueHead(dims.hidden, config.sequence_parallel)
+        module.output_layer = ValueHead(dims.hidden, config.sequence_parallel, config.params_dtype)
     stage = StageModel(module, hf_config, dims, tp, pp, ps.get_tensor_model_parallel_rank(),
                        ps.get_pipeline_model_parallel_rank(), value_head, "te" if use_transformer_engine() else "local")
     if torch.cuda.is_available():

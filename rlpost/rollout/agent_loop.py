@@ -79,24 +79,34 @@ class Trajectory:
         return dict((self.tools_kwargs.get(tool) or {}).get(f"{stage}_kwargs") or {})
 
     async def run(self) -> Sample:
-        instances = {}
+        instances, started = {}, False
         try:
             for name, tool in self.tools.items():
                 instances[name], _ = await tool.create(f"{self.id}-{name}", **self._kwargs(name, "create"))
             if self.interaction is not None:
                 await self.interaction.start_interaction(self.id, **self.interaction_kwargs)
+                started = True
             await self._loop(instances)
             for name, tool in self.tools.items():
                 self.fields["tool_final_rewards"][name] = float(
                     await tool.calc_reward(instances[name], **self._kwargs(name, "calc_reward")))
             if self.interaction is not None:
                 self.fields["interaction_score"] = float(await self.interaction.calculate_score(self.id))
-        finally:
-            for name, instance in instances.items():
-                await self.tools[name].release(instance, **self._kwargs(name, "release"))
-            if self.interaction is not None:
-                await self.interaction.finalize_interaction(self.id)
+        except BaseException:
+            await self._clean_up(instances, started)  # its own failures must not hide this one
+            raise
+        failures = await self._clean_up(instances, started)
+        if failures:
+            raise failures[0]
         return self._sample()
+
+    async def _clean_up(self, instances: dict[str, str], started: bool) -> list[BaseException]:
+        """Releases what was created, each on its own, so one failing release does not leak the others."""
+        steps = [self.tools[name].release(instance, **self._kwargs(name, "release"))
+                 for name, instance in instances.items()]
+        if started:
+            steps.append(self.interaction.finalize_interaction(self.id))
+        return [r for r in await asyncio.gather(*steps, return_exceptions=True) if isinstance(r, BaseException)]
 
     async def _loop(self, instances: dict[str, str]) -> None:
         s = self.settings
@@ -107,6 +117,8 @@ class Trajectory:
                 return
             text = await self._generate(budget)
             if self.finish_reason != "stop" or (s.max_assistant_turns and self.assistant_turns >= s.max_assistant_turns):
+                return
+            if s.max_user_turns and self.user_turns >= s.max_user_turns:  # before tools or the user act on it
                 return
             parsed = parse_tool_calls(text, self.tools.keys()) if self.tools else None
             if parsed is not None and (parsed.tool_calls or parsed.errors):
@@ -120,7 +132,7 @@ class Trajectory:
                 turn = [{"role": "user", "content": reply}]
             else:
                 return
-            if (s.max_user_turns and self.user_turns >= s.max_user_turns) or not self._append(turn):
+            if not self._append(turn):
                 return
 
     async def _generate(self, budget: int) -> str:
@@ -137,13 +149,21 @@ class Trajectory:
         return answer["text"]
 
     async def _call_tools(self, parsed, instances: dict[str, str]) -> list[dict]:
-        calls = parsed.tool_calls[: self.settings.max_parallel_calls]
+        """One tool message per call or malformed call, in the order written (models match answers by position):
+        the first max_parallel_calls calls run concurrently, later ones are answered with a refusal."""
+        limit = self.settings.max_parallel_calls
+        calls = parsed.tool_calls[:limit]
         self.tool_calls += len(calls)
-        results = await asyncio.gather(*(self._call(c.name, c.arguments, instances[c.name]) for c in calls))
-        skipped = len(parsed.tool_calls) - len(calls)
-        notes = [f"Error: {skipped} more tool call(s) not run: at most {self.settings.max_parallel_calls} per turn."
-                 ] if skipped else []
-        return [{"role": "tool", "content": t} for t in [*results, *parsed.errors, *notes]]
+        results = iter(await asyncio.gather(*(self._call(c.name, c.arguments, instances[c.name]) for c in calls)))
+        refusal = f"Error: tool call not run: at most {limit} call(s) per turn."
+        out, seen = [], 0
+        for item in parsed.items:
+            if isinstance(item, str):
+                out.append(item)
+            else:
+                seen += 1
+                out.append(next(results) if seen <= limit else refusal)
+        return [{"role": "tool", "content": text} for text in out]
 
     async def _call(self, name: str, arguments: dict, instance: str) -> str:
         s = self.settings
@@ -174,12 +194,14 @@ class Trajectory:
             mismatch = self.chat.check()
             if mismatch is not None:
                 raise RuntimeError(f"multi-turn tokenisation differs from the full conversation's: {mismatch}")
-        p = self.chat.prompt_length
+        p, end = self.chat.prompt_length, len(self.chat.ids)
+        while end > p and self.chat.mask[end - 1] == 0:  # the eos closing a turn cut by the budget: not the policy's
+            end -= 1
         fields = {**self.fields, "num_turns": self.assistant_turns + self.user_turns + 1,
                   "tool_calls": self.tool_calls, "tool_rewards": self.tool_rewards, "turn_scores": self.turn_scores,
                   "messages_out": self.chat.messages}
-        text = self.tokenizer.decode(self.chat.ids[p:], skip_special_tokens=True)
-        return Sample(self.chat.ids[:p], self.chat.ids[p:], self.log_probs[p:], self.chat.mask[p:], text,
+        text = self.tokenizer.decode(self.chat.ids[p:end], skip_special_tokens=True)
+        return Sample(self.chat.ids[:p], self.chat.ids[p:end], self.log_probs[p:end], self.chat.mask[p:end], text,
                       self.finish_reason, fields)
 
 

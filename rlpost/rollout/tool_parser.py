@@ -29,6 +29,7 @@ class ParsedResponse:
     content: str  # the text outside the tool-call blocks
     tool_calls: list[ToolCall] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # one message per malformed call, for the model to read
+    items: list[ToolCall | str] = field(default_factory=list)  # calls and error messages in the order written
 
 
 def _parse_block(body: str, number: int, known_tools: Collection[str] | None) -> ToolCall | str:
@@ -63,14 +64,13 @@ def parse_tool_calls(text: str, known_tools: Collection[str] | None = None) -> P
         pieces.append(text[end : match.start()])
         end = match.end()
         result = _parse_block(match.group(1).strip(), number, known_tools)
-        if isinstance(result, ToolCall):
-            parsed.tool_calls.append(result)
-        else:
-            parsed.errors.append(result)
+        (parsed.tool_calls if isinstance(result, ToolCall) else parsed.errors).append(result)
+        parsed.items.append(result)
     rest = text[end:]
     if OPEN in rest:
         cut = rest.index(OPEN)
         parsed.errors.append(f"Error: a tool call was opened with {OPEN} but never closed with {CLOSE}. {_FORMAT_HINT}")
+        parsed.items.append(parsed.errors[-1])
         rest = rest[:cut]
     pieces.append(rest)
     parsed.content = "".join(pieces).strip()

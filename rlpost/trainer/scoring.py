@@ -24,10 +24,22 @@ def score_samples(samples: list[Sample], scorer: RewardScorer, max_response_leng
                   overlong: OverlongBufferConfig) -> None:
     f = [s.fields for s in samples]
     scores, extras = scorer.score([s.text for s in samples], [x["data_source"] for x in f],
-                                  [x["ground_truth"] for x in f], [x.get("extra_info", {}) for x in f])
+                                  [x["ground_truth"] for x in f], [_extra_info(x) for x in f])
     for s, score, extra in zip(samples, scores, extras):
         s.fields.update(extra)
         s.fields["score"] = score + overlong_penalty(len(s.response_ids), max_response_length, overlong)
+
+
+ROLLOUT_REWARD_KEYS = ("tool_final_rewards", "tool_rewards", "interaction_score", "turn_scores", "num_turns")
+
+
+def _extra_info(fields: dict) -> dict:
+    """The row's extra_info plus, for multi-turn samples, what the tools and the interaction scored
+    (extra_info['rollout_reward_scores']), so a custom reward function can use them."""
+    extra = dict(fields.get("extra_info") or {})
+    if "num_turns" in fields:
+        extra["rollout_reward_scores"] = {k: fields[k] for k in ROLLOUT_REWARD_KEYS}
+    return extra
 
 
 def token_level_scores(batch: Batch) -> torch.Tensor:
