@@ -57,6 +57,13 @@ def trajectories(url, tokenizer, specs, **settings):
     return asyncio.run(go())
 
 
+def gsm8k_tools(tmp_path, **row):
+    """The GSM8K tool loaded from verl's YAML, and a row's fields giving it the ground truth 18."""
+    (tmp_path / "tools.yaml").write_text(GSM8K_TOOLS)
+    return load_tools(tmp_path / "tools.yaml"), {
+        **row, "tools_kwargs": {"calc_gsm8k_reward": {"create_kwargs": {"ground_truth": "18"}}}}
+
+
 def generated(sample):
     return [t for t, m in zip(sample.response_ids, sample.response_mask) if m]
 
@@ -67,9 +74,7 @@ def caller(tmp_path_factory):
 
 
 def test_tool_round_trip_masks_generated_tokens_only(caller, tmp_path):
-    (tmp_path / "tools.yaml").write_text(GSM8K_TOOLS)
-    tools = load_tools(tmp_path / "tools.yaml")
-    fields = {"uid": "u1", "tools_kwargs": {"calc_gsm8k_reward": {"create_kwargs": {"ground_truth": "18"}}}}
+    tools, fields = gsm8k_tools(tmp_path, uid="u1")
     with serve(caller) as (url, tokenizer):
         [sample] = trajectories(url, tokenizer, [(tools, None, fields)], max_assistant_turns=3)
     turn = tokenizer.convert_tokens_to_ids(["<tool_call>", CALL, "</tool_call>"]) + [tokenizer.eos_token_id]
@@ -83,18 +88,16 @@ def test_tool_round_trip_masks_generated_tokens_only(caller, tmp_path):
     assert tool_span > 5 and sample.response_log_probs[first_end : first_end + tool_span] == [0.0] * tool_span
     assert all(-1.0 < lp <= 0.0 for lp, m in zip(sample.response_log_probs, sample.response_mask) if m)
     assert len(sample.response_ids) == len(sample.response_mask) == len(sample.response_log_probs)
-    assert sample.fields["tool_rewards"] == [0.0, REPEAT_PENALTY]  # the second, same answer did not improve
-    assert sample.fields["tool_final_rewards"] == {"calc_gsm8k_reward": 1.0}
+    assert sample.fields["rollout_reward_scores"]["tool_rewards"] == [0.0, REPEAT_PENALTY]  # the second, same answer did not improve
+    assert sample.fields["rollout_reward_scores"]["tool_final_rewards"] == {"calc_gsm8k_reward": 1.0}
     assert sample.fields["num_turns"] == 6 and sample.fields["tool_calls"] == 2 and sample.finish_reason == "stop"
     assert tools["calc_gsm8k_reward"]._state == {}  # released
 
 
 def test_response_budget_ends_the_trajectory_before_a_turn_that_does_not_fit(caller, tmp_path):
-    (tmp_path / "tools.yaml").write_text(GSM8K_TOOLS)
-    fields = {"tools_kwargs": {"calc_gsm8k_reward": {"create_kwargs": {"ground_truth": "18"}}}}
+    tools, fields = gsm8k_tools(tmp_path)
     with serve(caller) as (url, tokenizer):
-        [sample] = trajectories(url, tokenizer, [(load_tools(tmp_path / "tools.yaml"), None, fields)],
-                                max_response_tokens=30)
+        [sample] = trajectories(url, tokenizer, [(tools, None, fields)], max_response_tokens=30)
     assert len(sample.response_ids) <= 30 and sample.finish_reason == "length"
     assert sample.fields["messages_out"][-1]["role"] == "assistant"
     assert sample.response_mask[-1] == 1  # ends on the policy's last token, where the score will be placed
@@ -110,14 +113,12 @@ def test_a_turn_cut_by_the_budget_ends_on_the_policys_last_token(caller):
 
 def test_malformed_call_is_answered_with_an_error_turn(tmp_path):
     path = make_scripted_checkpoint(tmp_path / "bad", ["<tool_call>", '{"name": calc_gsm8k_reward', "</tool_call>"])
-    (tmp_path / "tools.yaml").write_text(GSM8K_TOOLS)
-    fields = {"tools_kwargs": {"calc_gsm8k_reward": {"create_kwargs": {"ground_truth": "18"}}}}
+    tools, fields = gsm8k_tools(tmp_path)
     with serve(path) as (url, tokenizer):
-        [sample] = trajectories(url, tokenizer, [(load_tools(tmp_path / "tools.yaml"), None, fields)],
-                                max_assistant_turns=2)
+        [sample] = trajectories(url, tokenizer, [(tools, None, fields)], max_assistant_turns=2)
     error = sample.fields["messages_out"][2]
     assert error["role"] == "tool" and error["content"].startswith("Error: tool call 1 is not valid JSON")
-    assert sample.fields["tool_calls"] == 0 and sample.fields["tool_rewards"] == []
+    assert sample.fields["tool_calls"] == 0 and sample.fields["rollout_reward_scores"]["tool_rewards"] == []
 
 
 class Rendezvous(BaseTool):
@@ -167,7 +168,7 @@ def test_parallel_calls_run_together(two_calls):
         [sample] = trajectories(url, tokenizer, [({"probe": Rendezvous(2)}, None, {})], max_assistant_turns=2,
                                 max_parallel_calls=2, tool_timeout_s=20, sanity_check=False)
     tool_turns = [m["content"] for m in sample.fields["messages_out"] if m["role"] == "tool"]
-    assert tool_turns == ["met x=1", "met x=2"] and sample.fields["tool_rewards"] == [0.5, 0.5]
+    assert tool_turns == ["met x=1", "met x=2"] and sample.fields["rollout_reward_scores"]["tool_rewards"] == [0.5, 0.5]
 
 
 def test_calls_beyond_max_parallel_calls_are_refused_with_a_note(two_calls):
@@ -188,7 +189,7 @@ def test_hanging_tool_times_out_without_stalling_other_samples(tmp_path):
     assert echo.hang_was_pending  # the other sample's tool ran while the hanging call was still waiting
     assert [m["content"] for m in free.fields["messages_out"] if m["role"] == "tool"] == ["ok"]
     timed_out = [m["content"] for m in stuck.fields["messages_out"] if m["role"] == "tool"]
-    assert timed_out == ["Error: tool 'probe' did not answer within 3 s."] and stuck.fields["tool_rewards"] == []
+    assert timed_out == ["Error: tool 'probe' did not answer within 3 s."] and stuck.fields["rollout_reward_scores"]["tool_rewards"] == []
 
 
 @pytest.mark.parametrize("truth,turns,scores", [("17", 1, [1.0]), ("18", 3, [0.0, 0.0])])
@@ -203,7 +204,8 @@ def test_interaction_asks_again_until_solved_or_out_of_turns(tmp_path, truth, tu
     messages = sample.fields["messages_out"]
     assert [m["role"] for m in messages] == ["user"] + ["assistant", "user"] * (turns - 1) + ["assistant"]
     assert all(m["content"] == Gsm8kInteraction.INCORRECT for m in messages[2::2])
-    assert sample.fields["turn_scores"] == scores and sample.fields["interaction_score"] == scores[-1]
+    rollout_scores = sample.fields["rollout_reward_scores"]
+    assert rollout_scores["turn_scores"] == scores and rollout_scores["interaction_score"] == scores[-1]
     assert user._truth == {}  # finalized
 
 
@@ -215,10 +217,8 @@ def test_tool_text_truncation_sides(side, expected):
 
 
 def test_tool_schemas_reach_the_prompt(caller, tmp_path):
-    (tmp_path / "tools.yaml").write_text(GSM8K_TOOLS)
-    fields = {"tools_kwargs": {"calc_gsm8k_reward": {"create_kwargs": {"ground_truth": "18"}}}}
+    tools, fields = gsm8k_tools(tmp_path)
     with serve(caller) as (url, tokenizer):
-        [sample] = trajectories(url, tokenizer, [(load_tools(tmp_path / "tools.yaml"), None, fields)],
-                                max_assistant_turns=1)
+        [sample] = trajectories(url, tokenizer, [(tools, None, fields)], max_assistant_turns=1)
     prompt = tokenizer.decode(sample.prompt_ids)
     assert json.dumps("calc_gsm8k_reward") in prompt and "<tools>" in prompt

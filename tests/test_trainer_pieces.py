@@ -40,8 +40,10 @@ def test_multi_turn_scores_reach_the_reward_function_in_extra_info(tmp_path):
         "def by_interaction(data_source, solution_str, ground_truth, extra_info=None, **_):\n"
         "    scores = extra_info['rollout_reward_scores']\n"
         "    return scores['interaction_score'] + sum(scores['tool_rewards']) + extra_info['row']\n")
+    scores = {"tool_final_rewards": {}, "tool_rewards": [-0.05], "interaction_score": 1.0, "turn_scores": [0.0, 1.0],
+              "num_turns": 3}
     fields = {"uid": "a", "data_source": "d", "ground_truth": "1", "extra_info": {"row": 10.0}, "num_turns": 3,
-              "tool_final_rewards": {}, "tool_rewards": [-0.05], "interaction_score": 1.0, "turn_scores": [0.0, 1.0]}
+              "rollout_reward_scores": scores}
     s = Sample([1], [2], [-0.1], [1], "text", "stop", fields)
     score_samples([s], RewardScorer(f"{tmp_path / 'reward.py'}:by_interaction"), 16, OverlongBufferConfig(False, 4, 1.0))
     assert s.fields["score"] == pytest.approx(10.95)

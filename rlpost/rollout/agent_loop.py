@@ -23,8 +23,9 @@ from rlpost.rollout.chat import ChatTokens
 from rlpost.rollout.client import SGLangClient
 from rlpost.batch import Batch
 from rlpost.registry import did_you_mean
-from rlpost.rollout.generate import Sample, sample_seed
+from rlpost.rollout.generate import Sample, parse_answer, sample_seed
 from rlpost.rollout.tool_parser import parse_tool_calls
+from rlpost.tools import openai_schemas
 
 
 @dataclass
@@ -58,16 +59,16 @@ class Trajectory:
                  interaction, fields: dict, settings: AgentSettings, sampling: dict):
         self.client, self.tokenizer, self.tools, self.interaction = client, tokenizer, tools, interaction
         self.fields, self.settings, self.sampling = fields, settings, sampling
-        schemas = [t.tool_schema.openai() for t in tools.values()] or None
-        self.chat = ChatTokens(tokenizer, messages, tools=schemas)
+        self.chat = ChatTokens(tokenizer, messages, tools=openai_schemas(tools))
         self.log_probs = [0.0] * len(self.chat.ids)
         self.tools_kwargs = fields.get("tools_kwargs") or {}
         self.interaction_kwargs = dict(fields.get("interaction_kwargs") or {})
         self.assistant_turns = self.user_turns = 0
         self.tool_rewards: list[float] = []
         self.turn_scores: list[float] = []
+        self.tool_final_rewards: dict[str, float] = {}
+        self.interaction_score: float | None = None
         self.tool_calls = 0
-        self.fields["tool_final_rewards"], self.fields["interaction_score"] = {}, None
         self.finish_reason = "stop"
         self.id = str(uuid.uuid4())
 
@@ -88,10 +89,10 @@ class Trajectory:
                 started = True
             await self._loop(instances)
             for name, tool in self.tools.items():
-                self.fields["tool_final_rewards"][name] = float(
+                self.tool_final_rewards[name] = float(
                     await tool.calc_reward(instances[name], **self._kwargs(name, "calc_reward")))
             if self.interaction is not None:
-                self.fields["interaction_score"] = float(await self.interaction.calculate_score(self.id))
+                self.interaction_score = float(await self.interaction.calculate_score(self.id))
         except BaseException:
             await self._clean_up(instances, started)  # its own failures must not hide this one
             raise
@@ -110,12 +111,8 @@ class Trajectory:
 
     async def _loop(self, instances: dict[str, str]) -> None:
         s = self.settings
-        while True:
-            budget = s.max_response_tokens - self.response_tokens
-            if budget <= 0:
-                self.finish_reason = "length"
-                return
-            text = await self._generate(budget)
+        while True:  # _append leaves room under the budget, so every generation has at least one token
+            text = await self._generate(s.max_response_tokens - self.response_tokens)
             if self.finish_reason != "stop" or (s.max_assistant_turns and self.assistant_turns >= s.max_assistant_turns):
                 return
             if s.max_user_turns and self.user_turns >= s.max_user_turns:  # before tools or the user act on it
@@ -138,14 +135,10 @@ class Trajectory:
     async def _generate(self, budget: int) -> str:
         answer = await self.client.generate(self.chat.ids, {**self.sampling, "max_new_tokens": budget, "n": 1},
                                             return_logprob=True)
-        meta = answer["meta_info"]
-        pairs = meta["output_token_logprobs"]
-        ids = [int(p[1]) for p in pairs]
-        start = len(self.chat.ids)
+        ids, log_probs, self.finish_reason = parse_answer(answer)
         self.chat.add_generated(ids, answer["text"])
-        self.log_probs += [float(p[0]) for p in pairs] + [0.0] * (len(self.chat.ids) - start - len(ids))
+        self.log_probs += log_probs + [0.0] * (len(self.chat.ids) - len(self.log_probs) - len(ids))  # a closing eos
         self.assistant_turns += 1
-        self.finish_reason = (meta.get("finish_reason") or {}).get("type", "stop")
         return answer["text"]
 
     async def _call_tools(self, parsed, instances: dict[str, str]) -> list[dict]:
@@ -197,9 +190,11 @@ class Trajectory:
         p, end = self.chat.prompt_length, len(self.chat.ids)
         while end > p and self.chat.mask[end - 1] == 0:  # the eos closing a turn cut by the budget: not the policy's
             end -= 1
-        fields = {**self.fields, "num_turns": self.assistant_turns + self.user_turns + 1,
-                  "tool_calls": self.tool_calls, "tool_rewards": self.tool_rewards, "turn_scores": self.turn_scores,
-                  "messages_out": self.chat.messages}
+        num_turns = self.assistant_turns + self.user_turns + 1
+        scores = {"tool_final_rewards": self.tool_final_rewards, "tool_rewards": self.tool_rewards,
+                  "interaction_score": self.interaction_score, "turn_scores": self.turn_scores, "num_turns": num_turns}
+        fields = {**self.fields, "num_turns": num_turns, "tool_calls": self.tool_calls,
+                  "rollout_reward_scores": scores, "messages_out": self.chat.messages}
         text = self.tokenizer.decode(self.chat.ids[p:end], skip_special_tokens=True)
         return Sample(self.chat.ids[:p], self.chat.ids[p:end], self.log_probs[p:end], self.chat.mask[p:end], text,
                       self.finish_reason, fields)

@@ -43,6 +43,14 @@ def sample_seed(seed: int, step: int, uid: str) -> int:
     return int.from_bytes(digest, "little")
 
 
+def parse_answer(answer: dict) -> tuple[list[int], list[float], str]:
+    """One /generate answer's generated ids, their log-probs and its finish reason (stop | length | abort)."""
+    meta = answer["meta_info"]
+    pairs = meta["output_token_logprobs"]
+    finish_reason = (meta.get("finish_reason") or {}).get("type", "stop")
+    return [int(p[1]) for p in pairs], [float(p[0]) for p in pairs], finish_reason
+
+
 async def generate(client: SGLangClient, prompts: Batch, n: int, sampling: dict, max_new_tokens: int,
                    seed: int | None = None, step: int = 0, on_prompt_done: Callable[[], object] | None = None,
                    ) -> list[Sample]:
@@ -60,11 +68,8 @@ async def generate(client: SGLangClient, prompts: Batch, n: int, sampling: dict,
             raise RuntimeError(f"asked for {n} samples of prompt {i}, the server answered {len(answers)}")
         out = []
         for a in answers:
-            meta = a["meta_info"]
-            token_logprobs = meta["output_token_logprobs"]
-            response = [int(t[1]) for t in token_logprobs]
-            out.append(Sample(ids[i], response, [float(t[0]) for t in token_logprobs], [1] * len(response),
-                              a["text"], meta["finish_reason"]["type"] if meta.get("finish_reason") else "stop",
+            response, log_probs, finish_reason = parse_answer(a)
+            out.append(Sample(ids[i], response, log_probs, [1] * len(response), a["text"], finish_reason,
                               {k: v[i] for k, v in per_sample.items()}))
         if on_prompt_done is not None:
             on_prompt_done()

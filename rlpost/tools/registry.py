@@ -79,6 +79,11 @@ def load_tools(path: str | Path) -> dict[str, Any]:
     return tools
 
 
+def openai_schemas(tools: dict[str, Any]) -> list[dict] | None:
+    """What a chat template takes as `tools=` (None without tools)."""
+    return [t.tool_schema.openai() for t in tools.values()] or None
+
+
 def default_interaction_name(class_name: str) -> str:
     simple = class_name.rpartition(".")[2]
     return (simple[: -len("Interaction")] if simple.endswith("Interaction") else simple).lower()

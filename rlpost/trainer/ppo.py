@@ -30,7 +30,7 @@ from rlpost.trainer.metrics import Timer, batch_metrics, sample_rows
 from rlpost.trainer.scoring import score_samples, token_level_scores, varied_groups
 from rlpost.trainer.tracking import Tracker
 from rlpost.trainer.validation import validate
-from rlpost.tools import load_interactions, load_tools
+from rlpost.tools import load_interactions, load_tools, openai_schemas
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class PPOTrainer:
         self.tools = load_tools(mt.tool_config_path) if mt.enable and mt.tool_config_path else {}
         self.interactions = (load_interactions(mt.interaction_config_path)
                              if mt.enable and mt.interaction_config_path else {})
-        schemas = [t.tool_schema.openai() for t in self.tools.values()] or None  # the prompt lists the tools
+        schemas = openai_schemas(self.tools)  # the prompt lists the tools
         d = cfg.data
         self.train_data = RLDataset(d.train_files, self.tokenizer, d.max_prompt_length, d.prompt_key, d.image_key,
                                     d.filter_overlong_prompts, d.truncation, schemas)

@@ -30,15 +30,12 @@ def score_samples(samples: list[Sample], scorer: RewardScorer, max_response_leng
         s.fields["score"] = score + overlong_penalty(len(s.response_ids), max_response_length, overlong)
 
 
-ROLLOUT_REWARD_KEYS = ("tool_final_rewards", "tool_rewards", "interaction_score", "turn_scores", "num_turns")
-
-
 def _extra_info(fields: dict) -> dict:
     """The row's extra_info plus, for multi-turn samples, what the tools and the interaction scored
     (extra_info['rollout_reward_scores']), so a custom reward function can use them."""
     extra = dict(fields.get("extra_info") or {})
-    if "num_turns" in fields:
-        extra["rollout_reward_scores"] = {k: fields[k] for k in ROLLOUT_REWARD_KEYS}
+    if "rollout_reward_scores" in fields:
+        extra["rollout_reward_scores"] = fields["rollout_reward_scores"]
     return extra
 
 
