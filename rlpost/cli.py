@@ -67,6 +67,17 @@ def _serve_engine(args: argparse.Namespace) -> None:
     serve(engine, args.host, args.port, args.served_model_name)
 
 
+def _serve_sandbox(args: argparse.Namespace) -> None:
+    from rlpost.sandbox.isolation import Sandbox, SandboxSettings
+    from rlpost.sandbox.server import serve
+
+    settings = SandboxSettings(python=args.python, default_memory_mb=args.memory_mb, max_memory_mb=args.max_memory_mb,
+                               max_run_timeout_s=args.max_run_timeout, max_output_bytes=args.max_output_bytes,
+                               tmp_size_mb=args.tmp_size_mb, max_processes=args.max_processes,
+                               unprivileged_uid=args.uid, ro_binds=tuple(args.ro_bind))
+    serve(Sandbox(settings), args.host, args.port, args.max_concurrency)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rlpost.models.gguf import MODEL_ASSETS
 
@@ -125,17 +136,35 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--random-seed", type=int, default=0)
     eng.add_argument("--served-model-name", default=None)
     eng.set_defaults(func=_serve_engine)
+
+    sbx = serve_sub.add_parser("sandbox", help="Sandbox Fusion's /run_code API for Python and bash, each run isolated "
+                                              "with bubblewrap")
+    sbx.add_argument("--host", default="127.0.0.1", help="anyone who can reach this address can run code")
+    sbx.add_argument("--port", type=int, default=8080)
+    sbx.add_argument("--max-concurrency", type=int, default=8, help="runs at once; the rest wait")
+    sbx.add_argument("--memory-mb", type=int, default=1024, help="address-space limit when a request sends -1")
+    sbx.add_argument("--max-memory-mb", type=int, default=8192, help="the most a request may ask for")
+    sbx.add_argument("--max-run-timeout", type=float, default=300.0, help="the longest run_timeout a request may ask for")
+    sbx.add_argument("--max-output-bytes", type=int, default=1 << 20, help="per stream; past it the run is killed")
+    sbx.add_argument("--tmp-size-mb", type=int, default=64, help="size of each run's private /tmp")
+    sbx.add_argument("--max-processes", type=int, default=64, help="processes and threads per run")
+    sbx.add_argument("--python", default="/usr/bin/python3", help="interpreter inside the sandbox")
+    sbx.add_argument("--ro-bind", action="append", default=[], metavar="PATH",
+                     help="also show this host path, read-only (e.g. a venv with numpy); repeatable")
+    sbx.add_argument("--uid", type=int, default=65534, help="unprivileged uid that a server started as root runs code as")
+    sbx.set_defaults(func=_serve_sandbox)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from rlpost.config import ConfigError
+    from rlpost.sandbox.isolation import SandboxUnavailable
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, SandboxUnavailable) as e:
         print(f"rlpost: error: {e}", file=sys.stderr)
         return 2
     return 0

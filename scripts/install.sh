@@ -3,6 +3,12 @@
 # torch is pinned by constraints.txt so pip never swaps in a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# `rlpost serve sandbox` isolates runs with bubblewrap and runs code with the system's Python (Debian packages)
+if ! command -v bwrap >/dev/null || [ ! -x /usr/bin/python3 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get install -y -q bubblewrap python3 >/dev/null \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q bubblewrap python3 >/dev/null; }
+fi
 if [ -n "${VIRTUAL_ENV:-}" ]; then
   py=python
 else

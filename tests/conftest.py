@@ -1,6 +1,14 @@
-import pytest
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
 
+import pytest
+import requests
+
+from rlpost.net import free_port
 from rlpost.testing.checkpoints import make_tiny_checkpoint
+
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +21,29 @@ def tokenizer(tiny_llama):
     from rlpost.models.hf import load_tokenizer
 
     return load_tokenizer(tiny_llama)
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    """`rlpost serve sandbox` on loopback, as a real server process: its url and limits."""
+    port = free_port()
+    limits = SimpleNamespace(max_output=1 << 20, max_processes=64, max_run_timeout=30)
+    proc = subprocess.Popen([sys.executable, "-m", "rlpost.cli", "serve", "sandbox", "--port", str(port),
+                             "--max-concurrency", "8", "--max-run-timeout", str(limits.max_run_timeout),
+                             "--max-processes", str(limits.max_processes), "--max-output-bytes", str(limits.max_output)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(f"{url}/v1/ping", timeout=1).json() == "pong":
+                break
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the sandbox server did not start:\n{proc.stdout.read().decode()}")
+        time.sleep(0.1)
+    yield SimpleNamespace(url=url, **vars(limits))
+    proc.terminate()
+    proc.wait(timeout=10)

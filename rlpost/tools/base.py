@@ -23,6 +23,14 @@ class ToolResponse:
     video: list | None = None
 
 
+def tool_config(config: dict, defaults: dict[str, Any], owner: str) -> dict[str, Any]:
+    """`config` over `defaults`; a key neither knows (a typo) fails when the tool is built, not mid-rollout."""
+    unknown = set(config) - set(defaults) - {"type", "name"}
+    if unknown:
+        raise ValueError(f"{owner}: unknown config keys {sorted(unknown)}; known: {sorted(defaults)}")
+    return {**defaults, **{k: v for k, v in config.items() if k in defaults}}
+
+
 class BaseTool:
     def __init__(self, config: dict, tool_schema: ToolSchema | None):
         self.config = config

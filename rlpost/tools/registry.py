@@ -20,6 +20,8 @@ from rlpost.tools.schema import ToolSchema
 VERL_CLASSES = {
     "verl.tools.gsm8k_tool.Gsm8kTool": "rlpost.tools.gsm8k.Gsm8kTool",
     "verl.interactions.gsm8k_interaction.Gsm8kInteraction": "rlpost.tools.gsm8k.Gsm8kInteraction",
+    "verl.tools.sandbox_fusion_tools.SandboxFusionTool": "rlpost.tools.sandbox_fusion.SandboxFusionTool",
+    "verl.tools.search_tool.SearchTool": "rlpost.tools.search.SearchTool",
 }
 TOOL_METHODS = ("create", "execute", "calc_reward", "release")
 INTERACTION_METHODS = ("start_interaction", "generate_response", "calculate_score", "finalize_interaction")
@@ -72,7 +74,11 @@ def load_tools(path: str | Path) -> dict[str, Any]:
         if kind != "native":
             raise ValueError(f"{where}: config.type '{kind}' is not supported (rlpost runs 'native' tools)")
         schema = ToolSchema.from_dict(entry["tool_schema"], where) if entry.get("tool_schema") is not None else None
-        tool = _class(entry["class_name"], where, TOOL_METHODS)(config=entry["config"], tool_schema=schema)
+        cls = _class(entry["class_name"], where, TOOL_METHODS)
+        try:
+            tool = cls(config=entry["config"], tool_schema=schema)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: {e}") from e
         if tool.name in tools:
             raise ValueError(f"{where}: a second tool named '{tool.name}'")
         tools[tool.name] = tool

@@ -1,0 +1,220 @@
+"""One program run under bubblewrap: its own user, PID, network, IPC, UTS and cgroup namespaces (so no network at
+all), the host's /usr read-only and nothing else of the host's files (no home, no project, no /etc beyond what the
+dynamic loader needs), a private size-capped /tmp, rlimits on memory, CPU time, processes and file size, a wall-clock
+timeout and a cap on output."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlpost.sandbox.protocol import RunCodeRequest, command_result, run_code_response
+
+LAUNCHER = (Path(__file__).parent / "launcher.py").read_text()
+WORKDIR = "/tmp"
+_ETC = ("/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime")
+_PROGRAMS = {"python": ("main.py", "python"), "bash": ("main.sh", "bash")}
+
+
+@dataclass
+class SandboxSettings:
+    python: str = "/usr/bin/python3"
+    bash: str = "/usr/bin/bash"
+    default_memory_mb: int = 1024
+    max_memory_mb: int = 8192
+    max_run_timeout_s: float = 300.0
+    max_output_bytes: int = 1 << 20
+    tmp_size_mb: int = 64
+    max_processes: int = 64
+    max_open_files: int = 256
+    unprivileged_uid: int = 65534
+    ro_binds: tuple[str, ...] = field(default_factory=tuple)
+
+    def languages(self) -> tuple[str, ...]:
+        return tuple(_PROGRAMS)
+
+
+class SandboxUnavailable(RuntimeError):
+    pass
+
+
+class Sandbox:
+    def __init__(self, settings: SandboxSettings | None = None):
+        self.settings = settings or SandboxSettings()
+        self.bwrap = shutil.which("bwrap")
+        if self.bwrap is None:
+            raise SandboxUnavailable("bubblewrap (bwrap) is not installed; on Debian/Ubuntu: apt-get install bubblewrap")
+        visible = ("/usr/", *(p.rstrip("/") + "/" for p in self.settings.ro_binds))
+        for path in (self.settings.python, self.settings.bash, *self.settings.ro_binds):
+            if not Path(path).exists():
+                raise SandboxUnavailable(f"sandbox path '{path}' does not exist")
+        for path in (self.settings.python, self.settings.bash):
+            if not path.startswith(visible):
+                raise SandboxUnavailable(f"'{path}' is not inside the sandbox: use an interpreter under /usr or "
+                                         f"add its installation prefix to the read-only binds")
+
+    def check_request(self, req: RunCodeRequest) -> str | None:
+        """Why this server will not run the request, or None."""
+        s = self.settings
+        if req.language not in _PROGRAMS:
+            return f"language '{req.language}' is not supported by this sandbox (it runs {list(_PROGRAMS)})"
+        if req.run_timeout > s.max_run_timeout_s:
+            return f"run_timeout {req.run_timeout:g} s is over this sandbox's limit of {s.max_run_timeout_s:g} s"
+        if req.memory_limit_MB > s.max_memory_mb:
+            return f"memory_limit_MB {req.memory_limit_MB} is over this sandbox's limit of {s.max_memory_mb}"
+        size = len(req.code) + sum(len(c or "") * 3 // 4 for c in req.files.values())
+        if size > s.tmp_size_mb << 20:
+            return f"code and files ({size} bytes) do not fit the sandbox's {s.tmp_size_mb} MiB /tmp"
+        if _PROGRAMS[req.language][0] in req.files:
+            return f"files: '{_PROGRAMS[req.language][0]}' is where the code goes; name the file differently"
+        return None
+
+    def _argv(self) -> list[str]:
+        s = self.settings
+        argv = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+                "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+        for link in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+            if Path(f"/usr/{link}").exists():
+                argv += ["--symlink", f"usr/{link}", f"/{link}"]
+        for path in (*_ETC, *s.ro_binds):
+            if Path(path).exists():
+                argv += ["--ro-bind", path, path]
+        argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(s.tmp_size_mb << 20), "--tmpfs", WORKDIR,
+                 "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
+        for key, value in (("PATH", "/usr/local/bin:/usr/bin:/bin"), ("HOME", WORKDIR), ("TMPDIR", WORKDIR),
+                           ("LANG", "C.UTF-8"), ("PYTHONDONTWRITEBYTECODE", "1")):
+            argv += ["--setenv", key, value]
+        return argv
+
+    def _identity(self) -> dict:
+        """Who bwrap runs as: root is exempt from RLIMIT_NPROC, so a root server drops to an unprivileged uid."""
+        uid = self.settings.unprivileged_uid
+        return {"user": uid, "group": uid, "extra_groups": []} if os.geteuid() == 0 else {}
+
+    async def run(self, req: RunCodeRequest) -> dict:
+        s = self.settings
+        filename, program = _PROGRAMS[req.language]
+        memory_mb = s.default_memory_mb if req.memory_limit_MB == -1 else req.memory_limit_MB
+        interpreter = s.python if program == "python" else s.bash
+        spec = {"cwd": WORKDIR, "argv": [interpreter, filename],
+                "files": {**req.files, filename: _b64(req.code)}, "fetch_files": req.fetch_files,
+                "rlimits": {"RLIMIT_AS": memory_mb << 20, "RLIMIT_CPU": int(req.run_timeout) + 1,
+                            "RLIMIT_NPROC": s.max_processes, "RLIMIT_FSIZE": s.tmp_size_mb << 20,
+                            "RLIMIT_NOFILE": s.max_open_files, "RLIMIT_CORE": 0}}
+        spec_r, spec_w = os.pipe()
+        report_r, report_w = os.pipe()
+        start = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self._argv(), s.python, "-I", "-S", "-c", LAUNCHER, str(spec_r), str(report_w),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                pass_fds=(spec_r, report_w), start_new_session=True, **self._identity())
+        except OSError as e:
+            for fd in (spec_r, spec_w, report_r, report_w):
+                os.close(fd)
+            return run_code_response(command_result("Error", stderr=str(e)), f"could not start bubblewrap: {e}")
+        os.close(spec_r)
+        os.close(report_w)
+        feeding = asyncio.gather(asyncio.to_thread(_write_all, spec_w, json.dumps(spec).encode()),
+                                 self._feed_stdin(proc, req.stdin))
+        reporting = asyncio.ensure_future(asyncio.to_thread(_read_all, report_r))
+        out, err = _Capped(s.max_output_bytes), _Capped(s.max_output_bytes)
+        reading = asyncio.gather(out.drain(proc.stdout, proc), err.drain(proc.stderr, proc))
+        timed_out = False
+        try:
+            await asyncio.wait_for(asyncio.shield(reading), req.run_timeout)
+        except asyncio.TimeoutError:
+            timed_out = True
+            _kill(proc)
+            await reading
+        finally:
+            if proc.returncode is None and (timed_out or out.overflow or err.overflow):
+                _kill(proc)
+        await proc.wait()
+        await feeding
+        report_raw = await reporting
+        elapsed = time.monotonic() - start
+        stdout, stderr = out.text(), err.text()
+        if timed_out:
+            result = command_result("TimeLimitExceeded", elapsed, None, stdout, stderr)
+            return run_code_response(result, f"the program ran past run_timeout ({req.run_timeout:g} s) and was killed")
+        if out.overflow or err.overflow:
+            result = command_result("Finished", elapsed, -signal.SIGKILL, stdout, stderr)
+            return run_code_response(result, f"the program wrote more than {s.max_output_bytes} bytes to "
+                                             f"{'stdout' if out.overflow else 'stderr'} and was killed")
+        try:
+            report = json.loads(report_raw)
+        except json.JSONDecodeError:
+            result = command_result("Error", elapsed, proc.returncode, stdout, stderr)
+            return run_code_response(result, f"the sandbox failed (exit {proc.returncode}): {stderr[-2000:]}")
+        result = command_result("Finished", report["execution_time"], report["return_code"], stdout, stderr,
+                                report["cpu_time"])
+        return run_code_response(result, _explain(report, req, memory_mb), report["files"])
+
+    async def _feed_stdin(self, proc: asyncio.subprocess.Process, stdin: str | None) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            if stdin:
+                proc.stdin.write(stdin.encode())
+                await proc.stdin.drain()
+            proc.stdin.close()
+
+
+class _Capped:
+    """One output stream, kept up to a byte cap; past it the run is killed."""
+
+    def __init__(self, cap: int):
+        self.cap, self.data, self.overflow = cap, bytearray(), False
+
+    async def drain(self, stream: asyncio.StreamReader, proc: asyncio.subprocess.Process) -> None:
+        while chunk := await stream.read(1 << 16):
+            if not self.overflow:
+                self.data += chunk[: self.cap - len(self.data)]
+                if len(self.data) >= self.cap:
+                    self.overflow = True
+                    _kill(proc)
+
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+
+def _explain(report: dict, req: RunCodeRequest, memory_mb: int) -> str:
+    code = report["return_code"]
+    notes = []
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        notes.append(f"the program was killed by {name}")
+        if -code == signal.SIGXCPU:
+            notes.append(f"its CPU time limit is {int(req.run_timeout) + 1} s")
+        elif -code in (signal.SIGSEGV, signal.SIGKILL, signal.SIGABRT):
+            notes.append(f"its memory limit is {memory_mb} MB")
+    if report["missing_files"]:
+        notes.append(f"fetch_files not found: {report['missing_files']}")
+    return "; ".join(notes)
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    """bwrap dies, and with it (--die-with-parent, PID namespace) everything the program started."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError), os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _read_all(fd: int) -> bytes:
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
