@@ -222,3 +222,18 @@ def test_tool_schemas_reach_the_prompt(caller, tmp_path):
         [sample] = trajectories(url, tokenizer, [(tools, None, fields)], max_assistant_turns=1)
     prompt = tokenizer.decode(sample.prompt_ids)
     assert json.dumps("calc_gsm8k_reward") in prompt and "<tools>" in prompt
+
+
+def test_code_interpreter_calls_run_in_the_sandbox(sandbox, tmp_path):
+    code_call = '{"name": "code_interpreter", "arguments": {"code": "print(6 * 7)"}}'
+    path = make_scripted_checkpoint(tmp_path / "coder", ["<tool_call>", code_call, "</tool_call>"])
+    (tmp_path / "tools.yaml").write_text(f"""
+tools:
+  - class_name: verl.tools.sandbox_fusion_tools.SandboxFusionTool
+    config: {{type: native, sandbox_fusion_url: "{sandbox.url}/run_code", default_timeout: 10}}
+""")
+    tools = load_tools(tmp_path / "tools.yaml")
+    with serve(path) as (url, tokenizer):
+        [sample] = trajectories(url, tokenizer, [(tools, None, {})], max_assistant_turns=2)
+    answers = [m["content"] for m in sample.fields["messages_out"] if m["role"] == "tool"]
+    assert answers == ["42\n"] and sample.fields["tool_calls"] == 1

@@ -1,0 +1,200 @@
+"""Tools that call services, loaded from verl's tool YAML unchanged: SandboxFusionTool against `rlpost serve sandbox`,
+SearchTool against a loopback double of Search-R1's retrieval server (which needs a GPU index and cannot run here),
+retries, and the token-bucket rate limit, shared across Ray workers."""
+
+import asyncio
+import contextlib
+import threading
+import time
+
+import pytest
+from aiohttp import web
+
+from rlpost.net import free_port
+from rlpost.tools import load_tools
+from rlpost.tools.rate_limit import TokenBucket
+
+SANDBOX_TOOLS = """
+tools:
+  - class_name: "verl.tools.sandbox_fusion_tools.SandboxFusionTool"
+    config:
+      sandbox_fusion_url: "{url}"
+      num_workers: 10
+      enable_global_rate_limit: true
+      rate_limit: 10
+      default_timeout: 30
+      default_language: "python"
+      memory_limit_mb: 1024
+      type: native
+    tool_schema:
+      type: "function"
+      function:
+        name: "code_interpreter"
+        description: "A tool for executing code."
+        parameters:
+          type: "object"
+          properties:
+            code:
+              type: "string"
+              description: "The code to execute."
+          required: ["code"]
+"""
+SEARCH_TOOLS = """
+tools:
+  - class_name: verl.tools.search_tool.SearchTool
+    config:
+      retrieval_service_url: {url}
+      num_workers: 120
+      rate_limit: 120
+      timeout: 30
+      type: native
+      {extra}
+    tool_schema:
+      type: function
+      function:
+        name: search
+        description: Searches the web for relevant information based on the given query.
+        parameters:
+          type: object
+          properties:
+            query_list:
+              type: array
+              item:
+                type: string
+              description: A list of fully-formed semantic queries.
+          required:
+            - query_list
+"""
+
+
+def load(tmp_path, text: str, **values):
+    (tmp_path / "tools.yaml").write_text(text.format(**values))
+    return load_tools(tmp_path / "tools.yaml")
+
+
+def execute(tool, *calls: dict) -> list[str]:
+    async def go():
+        instance, _ = await tool.create()
+        answers = [await tool.execute(instance, call) for call in calls]
+        await tool.release(instance)
+        return [response.text for response, _, _ in answers]
+
+    return asyncio.run(go())
+
+
+def test_sandbox_tool_from_verls_yaml_runs_code_in_the_local_sandbox(sandbox, tmp_path):
+    tool = load(tmp_path, SANDBOX_TOOLS, url=f"{sandbox.url}/run_code")["code_interpreter"]
+    printed, crashed, looped, shell, empty = execute(
+        tool, {"code": "print(2 ** 10)"}, {"code": "1 / 0"}, {"code": "while True: pass", "timeout": 1},
+        {"code": "echo $((3 + 4))", "language": "bash"}, {"code": ""})
+    assert printed == "1024\n"
+    assert "ZeroDivisionError" in crashed and crashed.startswith("Traceback")
+    assert looped.endswith("Error: time limit exceeded (1 s).")
+    assert shell == "7\n"
+    assert empty.startswith("Error: the 'code' argument")
+
+
+def test_sandbox_tool_config_mistakes_fail_at_load(tmp_path):
+    with pytest.raises(ValueError, match=r"tools\[0\]: tool 'code_interpreter': unknown config keys \['num_worker'\]"):
+        load(tmp_path, SANDBOX_TOOLS.replace("num_workers", "num_worker"), url="http://127.0.0.1:1/run_code")
+    with pytest.raises(ValueError, match="full /run_code URL"):
+        load(tmp_path, SANDBOX_TOOLS, url="http://127.0.0.1:1")
+
+
+def test_an_unreachable_sandbox_is_retried_then_reported_to_the_model(tmp_path):
+    text = SANDBOX_TOOLS.replace("type: native", "type: native\n      max_retries: 2\n      retry_delay_s: 0.01")
+    tool = load(tmp_path, text, url=f"http://127.0.0.1:{free_port()}/run_code")["code_interpreter"]
+    [answer] = execute(tool, {"code": "print(1)"})
+    assert answer.startswith("Error: the code sandbox is unavailable") and "no answer after 3 attempt(s)" in answer
+
+
+@contextlib.contextmanager
+def retriever(corpus: list[str], fail_first: int = 0):
+    """Search-R1's /retrieve, field for field: {"queries", "topk", "return_scores"} in; {"result": [[{"document":
+    {"id", "contents"}, "score"}]]} out, a passage's title on its first line. Ranks by shared words."""
+    seen: list[dict] = []
+
+    async def retrieve(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append(body)
+        if len(seen) <= fail_first:
+            return web.Response(status=503, text="busy")
+        results = []
+        for query in body["queries"]:
+            words = set(query.lower().split())
+            ranked = sorted(range(len(corpus)), key=lambda i: -len(words & set(corpus[i].lower().split())))
+            docs = [{"id": str(i), "contents": corpus[i]} for i in ranked[: body.get("topk", 3)]]
+            if body.get("return_scores"):
+                docs = [{"document": d, "score": float(len(words & set(d["contents"].lower().split())))} for d in docs]
+            results.append(docs)
+        return web.json_response({"result": results})
+
+    app = web.Application()
+    app.router.add_post("/retrieve", retrieve)
+    loop, port = asyncio.new_event_loop(), free_port()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}/retrieve", seen
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+CORPUS = ['"Paris"\nParis is the capital of France.', '"Berlin"\nBerlin is the capital of Germany.',
+          '"Nile"\nThe Nile is a river in Africa.']
+
+
+def test_search_tool_from_verls_yaml_speaks_search_r1s_protocol(tmp_path):
+    import json
+
+    with retriever(CORPUS, fail_first=1) as (url, seen):
+        tool = load(tmp_path, SEARCH_TOOLS, url=url, extra="topk: 2\n      retry_delay_s: 0.01")["search"]
+        [answer, bad] = execute(tool, {"query_list": ["capital of France", "river in Africa"]}, {"query_list": 3})
+    assert seen[-1] == {"queries": ["capital of France", "river in Africa"], "topk": 2, "return_scores": True}
+    assert len(seen) == 2  # the 503 was retried
+    first, second = json.loads(answer)["result"].split("\n---\n")
+    assert first.startswith("Doc 1 (Title: Paris)\nParis is the capital of France.\nDoc 2")
+    assert second.startswith("Doc 1 (Title: Nile)\nThe Nile is a river in Africa.")
+    assert bad.startswith("Error: 'query_list'")
+
+
+def test_token_bucket_admits_bursts_then_the_rate():
+    now = [0.0]
+    bucket = TokenBucket(rate=2.0, capacity=3, clock=lambda: now[0])
+    assert [bucket.reserve() for _ in range(5)] == [0.0, 0.0, 0.0, 0.5, 1.0]
+    now[0] = 10.0  # refills up to capacity, no more
+    assert [bucket.reserve() for _ in range(4)] == [0.0, 0.0, 0.0, 0.5]
+
+
+def test_the_rate_limit_is_shared_by_workers_across_processes():
+    import ray
+
+    from rlpost.cluster.resources import connect
+
+    @ray.remote(num_cpus=0)
+    class Caller:
+        def times(self, n: int) -> list[float]:
+            from rlpost.tools.rate_limit import acquire
+
+            async def go():
+                out = []
+                for _ in range(n):
+                    await acquire("http://sandbox.example/run_code", rate=5.0, capacity=1)
+                    out.append(time.time())
+                return out
+
+            return asyncio.run(go())
+
+    connect(None, 2)
+    try:
+        callers = [Caller.remote() for _ in range(2)]
+        stamps = sorted(sum(ray.get([c.times.remote(6) for c in callers]), []))
+    finally:
+        ray.shutdown()
+    # 12 requests at 5/s with no burst: together they take 11/5 s; each worker alone would have taken only 1 s
+    assert stamps[-1] - stamps[0] >= 2.2 - 0.05
