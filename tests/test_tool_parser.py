@@ -44,3 +44,17 @@ def test_malformed_calls_become_messages_and_good_ones_still_run():
 def test_without_a_tool_list_any_name_is_accepted():
     parsed = parse_tool_calls('<tool_call>{"name": "anything", "arguments": {}}</tool_call>')
     assert parsed.tool_calls == [ToolCall("anything", {})]
+
+
+def test_json_format_reads_fenced_and_bare_calls_and_leaves_other_json_alone():
+    text = ('The answer is 72.\n```json\n{"name": "calc_gsm8k_reward", "arguments": {"answer": "72"}}\n```\n'
+            'Config {"a": 1} and {broken, then {"name": "search", "parameters": {"query_list": ["q"]}}'
+            ' and {"name": "nope", "arguments": {}}')
+    parsed = parse_tool_calls(text, TOOLS, fmt="json")
+    assert parsed.tool_calls == [ToolCall("calc_gsm8k_reward", {"answer": "72"}), ToolCall("search", {"query_list": ["q"]})]
+    assert len(parsed.errors) == 1 and "unknown tool 'nope'" in parsed.errors[0]
+    assert [type(i) for i in parsed.items] == [ToolCall, ToolCall, str]
+    assert 'Config {"a": 1} and {broken, then' in parsed.content
+    assert parse_tool_calls(text, TOOLS).tool_calls == []  # hermes reads only tagged calls
+    tagged = '{"name": "search", "arguments": {}} <tool_call>{"name": "calc_gsm8k_reward", "arguments": {}}</tool_call>'
+    assert [c.name for c in parse_tool_calls(tagged, TOOLS, fmt="json").tool_calls] == ["calc_gsm8k_reward"]

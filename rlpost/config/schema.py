@@ -107,6 +107,7 @@ class MultiTurnConfig:
     max_tool_response_length: int = rule(**POSITIVE)
     tool_response_truncate_side: Literal["left", "middle", "right"]
     tool_timeout_s: float = rule(gt=0.0)
+    format: Literal["hermes", "json"]
     tool_config_path: Optional[str]
     interaction_config_path: Optional[str]
 

@@ -80,6 +80,7 @@ def build_stage(hf_dir: str | Path, dtype: str = "float32", load_weights: bool =
                              post_process=ps.is_pipeline_last_stage())
     if value_head and ps.is_pipeline_last_stage():
         module.output_layer = ValueHead(dims.hidden, config.sequence_parallel, config.params_dtype)
+    _to_params_dtype(module, config.params_dtype)
     stage = StageModel(module, hf_config, dims, tp, pp, ps.get_tensor_model_parallel_rank(),
                        ps.get_pipeline_model_parallel_rank(), value_head, "te" if use_transformer_engine() else "local")
     if torch.cuda.is_available():
@@ -87,6 +88,15 @@ def build_stage(hf_dir: str | Path, dtype: str = "float32", load_weights: bool =
     if load_weights:
         load_hf_weights(stage, hf_dir)
     return stage
+
+
+def _to_params_dtype(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """The local spec's torch norms ignore params_dtype and stay fp32. One dtype for every parameter, as with TE on
+    GPUs; besides, megatron's distributed optimizer misindexes its checkpoint state when a parameter group (the
+    no-weight-decay one: norms and biases) mixes fp32 and 16-bit parameters."""
+    for param in module.parameters():
+        if param.dtype != dtype:
+            param.data = param.data.to(dtype)
 
 
 def load_hf_weights(stage: StageModel, hf_dir: str | Path) -> None:

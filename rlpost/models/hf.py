@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rlpost.assets import cache_dir, package_file
-from rlpost.models.gguf import MODEL_ASSETS, asset_dir, gguf_dims
+from rlpost.assets import cache_dir
+from rlpost.models.gguf import MODEL_ASSETS, asset_dir, asset_gguf, gguf_dims
 from rlpost.registry import did_you_mean
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
@@ -37,8 +37,7 @@ def model_dims(name_or_path: str | Path) -> dict:
     if not path.is_dir() and str(name_or_path) in MODEL_ASSETS:
         cached = cache_dir() / "models" / str(name_or_path)
         if not (cached / "config.json").is_file():
-            asset = MODEL_ASSETS[str(name_or_path)]
-            return gguf_dims(package_file(asset.package, asset.filename))
+            return gguf_dims(asset_gguf(str(name_or_path)))
         path = cached
     if not (path / "config.json").is_file():
         raise _unknown_model(str(name_or_path))

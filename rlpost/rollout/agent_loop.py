@@ -39,6 +39,7 @@ class AgentSettings:
     max_tool_response_length: int = 256  # characters of one tool's answer
     tool_response_truncate_side: str = "middle"  # left keeps the start, right the end, middle both ends (verl's)
     tool_timeout_s: float = 30.0
+    tool_call_format: str = "hermes"  # rlpost.rollout.tool_parser.FORMATS
     sanity_check: bool = False  # compare the ids with a full re-tokenisation at the end (slow; on in tests)
 
 
@@ -117,7 +118,7 @@ class Trajectory:
                 return
             if s.max_user_turns and self.user_turns >= s.max_user_turns:  # before tools or the user act on it
                 return
-            parsed = parse_tool_calls(text, self.tools.keys()) if self.tools else None
+            parsed = parse_tool_calls(text, self.tools.keys(), s.tool_call_format) if self.tools else None
             if parsed is not None and (parsed.tool_calls or parsed.errors):
                 turn = await self._call_tools(parsed, instances)
             elif self.interaction is not None:

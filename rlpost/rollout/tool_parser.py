@@ -1,4 +1,6 @@
-"""Tool calls in the Hermes / Qwen format: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`.
+"""Tool calls in the Hermes / Qwen format, `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` ("hermes"), and
+also as plain JSON objects in the text, fenced or bare ("json": `{"name": ..., "arguments" or "parameters": {...}}`,
+as Llama 3 writes them, and as small models write them when their tool-call tokens are untrained).
 
 A rollout must never crash on what a policy writes: every malformed call becomes an error message addressed to
 the model (to be sent back as the tool turn), and well-formed calls in the same response still run.
@@ -32,11 +34,18 @@ class ParsedResponse:
     items: list[ToolCall | str] = field(default_factory=list)  # calls and error messages in the order written
 
 
+FORMATS = ("hermes", "json")
+
+
 def _parse_block(body: str, number: int, known_tools: Collection[str] | None) -> ToolCall | str:
     try:
         call = json.loads(body)
     except json.JSONDecodeError as e:
         return f"Error: tool call {number} is not valid JSON ({e.msg} at character {e.pos}). {_FORMAT_HINT}"
+    return _call(call, number, known_tools)
+
+
+def _call(call: object, number: int, known_tools: Collection[str] | None) -> ToolCall | str:
     if not isinstance(call, dict):
         return f"Error: tool call {number} must be a JSON object, not {type(call).__name__}. {_FORMAT_HINT}"
     name = call.get("name")
@@ -45,7 +54,7 @@ def _parse_block(body: str, number: int, known_tools: Collection[str] | None) ->
     if known_tools is not None and name not in known_tools:
         return (f"Error: tool call {number} names an unknown tool '{name}'{did_you_mean(name, known_tools)}; "
                 f"available tools: {', '.join(sorted(known_tools))}.")
-    arguments = call.get("arguments", {})
+    arguments = call.get("arguments", call.get("parameters", {}))
     if isinstance(arguments, str):  # some models emit the arguments object as a JSON string
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
@@ -56,8 +65,30 @@ def _parse_block(body: str, number: int, known_tools: Collection[str] | None) ->
     return ToolCall(name, arguments)
 
 
-def parse_tool_calls(text: str, known_tools: Collection[str] | None = None) -> ParsedResponse:
+def _json_calls(text: str) -> list[tuple[int, int, dict]]:
+    """(start, end, object) of each JSON object in the text that reads as a call: a "name" and its "arguments" (or
+    "parameters"). Other JSON and unparsable braces are prose or code, left alone."""
+    decoder, out, i = json.JSONDecoder(), [], text.find("{")
+    while i >= 0:
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            end = i + 1
+        else:
+            if isinstance(obj, dict) and isinstance(obj.get("name"), str) and ("arguments" in obj or "parameters" in obj):
+                out.append((i, end, obj))
+            else:
+                end = i + 1
+        i = text.find("{", end)
+    return out
+
+
+def parse_tool_calls(text: str, known_tools: Collection[str] | None = None, fmt: str = "hermes") -> ParsedResponse:
     """Split a generated response into its text, its well-formed tool calls (in order) and error messages."""
+    if fmt not in FORMATS:
+        raise ValueError(f"tool-call format '{fmt}' is not one of {list(FORMATS)}")
+    if fmt == "json" and OPEN not in text:
+        return _parse_json(text, known_tools)
     parsed = ParsedResponse(content="")
     pieces, end = [], 0
     for number, match in enumerate(_BLOCK.finditer(text), 1):
@@ -73,5 +104,19 @@ def parse_tool_calls(text: str, known_tools: Collection[str] | None = None) -> P
         parsed.items.append(parsed.errors[-1])
         rest = rest[:cut]
     pieces.append(rest)
+    parsed.content = "".join(pieces).strip()
+    return parsed
+
+
+def _parse_json(text: str, known_tools: Collection[str] | None) -> ParsedResponse:
+    parsed = ParsedResponse(content="")
+    pieces, last = [], 0
+    for number, (start, end, obj) in enumerate(_json_calls(text), 1):
+        pieces.append(text[last:start])
+        last = end
+        result = _call(obj, number, known_tools)
+        (parsed.tool_calls if isinstance(result, ToolCall) else parsed.errors).append(result)
+        parsed.items.append(result)
+    pieces.append(text[last:])
     parsed.content = "".join(pieces).strip()
     return parsed

@@ -135,9 +135,6 @@ class Sandbox:
             timed_out = True
             _kill(proc)
             await reading
-        finally:
-            if proc.returncode is None and (timed_out or out.overflow or err.overflow):
-                _kill(proc)
         await proc.wait()
         await feeding
         report_raw = await reporting

@@ -186,7 +186,7 @@ class PPOTrainer:
         mt = self.cfg.rollout.multi_turn
         return AgentSettings(self.cfg.data.max_response_length, mt.max_assistant_turns, mt.max_user_turns,
                              mt.max_parallel_calls, mt.max_tool_response_length, mt.tool_response_truncate_side,
-                             mt.tool_timeout_s)
+                             mt.tool_timeout_s, mt.format)
 
     def _greedy_baselines(self, prompts: Batch, samples) -> None:
         """ReMax: each prompt's greedy response, scored, is the baseline of its samples."""
