@@ -68,8 +68,8 @@ def _serve_engine(args: argparse.Namespace) -> None:
 
 
 def _serve_sandbox(args: argparse.Namespace) -> None:
-    from rlpost.sandbox.isolation import Sandbox, SandboxSettings
-    from rlpost.sandbox.server import serve
+    from rlpost.services.sandbox.isolation import Sandbox, SandboxSettings
+    from rlpost.services.sandbox.server import serve
 
     settings = SandboxSettings(python=args.python, default_memory_mb=args.memory_mb, max_memory_mb=args.max_memory_mb,
                                max_run_timeout_s=args.max_run_timeout, max_output_bytes=args.max_output_bytes,
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from rlpost.config import ConfigError
-    from rlpost.sandbox.isolation import SandboxUnavailable
+    from rlpost.services.sandbox.isolation import SandboxUnavailable
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -156,7 +156,7 @@ def test_missing_files_and_models(tmp_path):
         "reward.custom_function = 'fn.py': expected 'path/to/file.py:function_name'",
         "trainer.resume = 'ckpt/none': expected 'auto', 'disable' or an existing checkpoint path",
         "actor.model_path = 'no/such/model': model 'no/such/model' is neither a directory nor a known model asset; "
-        "known assets: smollm2-135m-instruct",
+        "known assets: smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct",
     ]
 
 
@@ -197,3 +197,14 @@ def test_config_cli_writes_run_dir(tmp_path, capsys):
     assert yaml.safe_load(written.read_text())["trainer"]["output_dir"] == str(tmp_path)
     assert main(["config", QUICKSTART, "actor.optim.lrr=1", "--no-check-files"]) == 2
     assert "did you mean 'lr'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("recipes/*/*.yaml")))
+def test_every_recipe_loads_with_its_tool_and_interaction_files(recipe):
+    from rlpost.tools import load_interactions, load_tools
+
+    mt = load(recipe=recipe).rollout.multi_turn
+    if mt.tool_config_path:
+        assert load_tools(mt.tool_config_path)
+    if mt.interaction_config_path:
+        assert load_interactions(mt.interaction_config_path)

@@ -1,6 +1,6 @@
-"""Request-rate limits for tools that call shared services (a code sandbox, a retriever). The bucket is one per
-service URL for the whole job: with Ray running it lives in a named Ray actor that every worker's tools share, so N
-rollout workers together stay under the service's rate, not N times it."""
+"""Request-rate limits for tools that call shared services (a code sandbox, a retriever): one token bucket per
+service URL. Within a Ray job the buckets are shared by every process (rlpost.cluster.rate_limit plugs that in), so
+N rollout workers together stay under the service's rate, not N times it; otherwise each process has its own."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import asyncio
 import hashlib
 import threading
 import time
+from typing import Awaitable, Callable
 
 
 class TokenBucket:
     """`rate` requests per second on average, bursts of up to `capacity`. A caller takes its token at once and is told
-    how long to wait for it, so one call (one RPC for the shared bucket) admits one request."""
+    how long to wait for it, so one call (one RPC for a shared bucket) admits one request."""
 
     def __init__(self, rate: float, capacity: float | None = None, clock=time.monotonic):
         if rate <= 0:
@@ -32,32 +33,22 @@ class TokenBucket:
 
 
 _local: dict[str, TokenBucket] = {}
-_shared: dict[tuple[str, str], object] = {}
+_shared: Callable[[str, float, float], Awaitable[float]] | None = None
 
 
-def _shared_bucket(name: str, rate: float, capacity: float):
-    """The job's named bucket actor (the first caller creates it; it ends with the job)."""
-    import ray
-
-    key = (ray.get_runtime_context().get_job_id(), name)
-    if key not in _shared:
-        actor = ray.remote(num_cpus=0)(TokenBucket)
-        _shared[key] = actor.options(name=name, get_if_exists=True).remote(rate, capacity)
-    return _shared[key]
+def share_buckets(reserve: Callable[[str, float, float], Awaitable[float]] | None) -> None:
+    """Route shared limits through `reserve(key, rate, capacity) -> seconds to wait` (None: this process only)."""
+    global _shared
+    _shared = reserve
 
 
 async def acquire(service_url: str, rate: float, capacity: float | None = None, shared: bool = True) -> None:
-    """Waits for this request's turn at `service_url`: across the Ray job when `shared` and Ray is running, else
-    within this process."""
+    """Waits for this request's turn at `service_url`."""
     capacity = capacity or rate
     key = hashlib.sha1(f"{service_url}|{rate}|{capacity}".encode()).hexdigest()[:16]
-    wait = None
-    if shared:
-        import ray
-
-        if ray.is_initialized():
-            wait = await _shared_bucket(f"rlpost-rate-limit-{key}", rate, capacity).reserve.remote()
-    if wait is None:
+    if shared and _shared is not None:
+        wait = await _shared(key, rate, capacity)
+    else:
         wait = _local.setdefault(key, TokenBucket(rate, capacity)).reserve()
     if wait > 0:
         await asyncio.sleep(wait)

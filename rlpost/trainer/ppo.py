@@ -39,6 +39,7 @@ class PPOTrainer:
     def __init__(self, cfg: RLConfig):
         from transformers import AutoTokenizer
 
+        from rlpost.cluster.rate_limit import share_rate_limits
         from rlpost.cluster.resources import connect
         from rlpost.models.hf import resolve_model_path
         from rlpost.trainer.placement import place
@@ -69,6 +70,7 @@ class PPOTrainer:
         self.use_ref = cfg.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward
         roles = ["actor"] + ["ref"] * self.use_ref + ["critic"] * uses_critic(cfg)
         connect(cfg.cluster.ray_address, training_devices(cfg) + (rollout_devices(cfg) if self._split else 0))
+        share_rate_limits()  # tools' service rate limits hold for the whole job
         self.placement = place(cfg, model_dirs, self.total_steps, roles, d.max_prompt_length + d.max_response_length,
                                str(self.run_dir))
         self.train = self.placement.train

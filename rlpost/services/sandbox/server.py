@@ -1,6 +1,6 @@
 """`rlpost serve sandbox`: Sandbox Fusion's HTTP API (POST /run_code, GET /v1/ping) for Python and bash, every run
-isolated by rlpost.sandbox.isolation. Runs beyond the concurrency limit wait their turn. Binds loopback by default:
-anyone who can reach the port can run code."""
+isolated (rlpost.services.sandbox.isolation). Runs beyond the concurrency limit wait their turn. Binds loopback by
+default: anyone who can reach the port can run code."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import logging
 
 from aiohttp import web
 
-from rlpost.sandbox.isolation import Sandbox, SandboxUnavailable
-from rlpost.sandbox.protocol import InvalidRequest, RunCodeRequest, command_result, run_code_response
+from rlpost.services.sandbox.isolation import Sandbox, SandboxUnavailable
+from rlpost.services.sandbox.protocol import (InvalidRequest, RunCodeRequest, command_result,
+                                              run_code_response)
 
 log = logging.getLogger(__name__)
 

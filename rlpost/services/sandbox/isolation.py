@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlpost.sandbox.protocol import RunCodeRequest, command_result, run_code_response
+from rlpost.services.sandbox.protocol import RunCodeRequest, command_result, run_code_response
 
 LAUNCHER = (Path(__file__).parent / "launcher.py").read_text()
 WORKDIR = "/tmp"

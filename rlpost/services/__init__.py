@@ -1,0 +1,1 @@
+"""Services users start next to training: the Sandbox-Fusion-compatible code runner."""
