@@ -6,8 +6,10 @@ cd "$(dirname "$0")/.."
 # `rlpost serve sandbox` isolates runs with bubblewrap and runs code with the system's Python (Debian packages)
 if ! command -v bwrap >/dev/null || [ ! -x /usr/bin/python3 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get install -y -q bubblewrap python3 >/dev/null \
-    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q bubblewrap python3 >/dev/null; }
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q bubblewrap python3 >/dev/null; } \
+    || { echo "install.sh: could not install Debian's bubblewrap and python3 (needed by rlpost serve sandbox)" >&2; exit 1; }
 fi
 if [ -n "${VIRTUAL_ENV:-}" ]; then
   py=python
