@@ -27,7 +27,7 @@ def package_file(package: str, relpath: str, requirements: str = "requirements/a
 
 def cache_dir() -> Path:
     """RLPOST_CACHE, else ~/.cache/rlpost: converted models live here, built once per machine."""
-    return Path(os.environ.get("RLPOST_CACHE", Path.home() / ".cache" / "rlpost")).expanduser()
+    return Path(os.environ.get("RLPOST_CACHE") or Path.home() / ".cache" / "rlpost").expanduser()
 
 
 @contextmanager

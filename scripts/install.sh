@@ -9,7 +9,7 @@ if ! command -v bwrap >/dev/null || [ ! -x /usr/bin/python3 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get install -y -q bubblewrap python3 >/dev/null \
     || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q bubblewrap python3 >/dev/null; } \
-    || { echo "install.sh: could not install Debian's bubblewrap and python3 (needed by rlpost serve sandbox)" >&2; exit 1; }
+    || echo "install.sh: warning: could not install Debian's bubblewrap and python3; rlpost serve sandbox and its tests need them" >&2
 fi
 if [ -n "${VIRTUAL_ENV:-}" ]; then
   py=python

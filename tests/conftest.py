@@ -24,14 +24,19 @@ def tokenizer(tiny_llama):
 
 
 @pytest.fixture(scope="session")
-def sandbox():
-    """`rlpost serve sandbox` on loopback, as a real server process: its url and limits."""
-    port = free_port()
-    limits = SimpleNamespace(max_output=1 << 20, max_processes=64, max_run_timeout=30)
+def sandbox(tmp_path_factory):
+    """`rlpost serve sandbox` on loopback, as a real server process (with a secret in its environment that no run may
+    see): its url, limits and the secret."""
+    import os
+
+    port, canary = free_port(), "canary-3f9a1c"
+    log = open(tmp_path_factory.mktemp("sandbox") / "server.log", "wb")
+    limits = SimpleNamespace(max_output=1 << 20, max_processes=64, max_run_timeout=30, max_concurrency=8)
     proc = subprocess.Popen([sys.executable, "-m", "rlpost.cli", "serve", "sandbox", "--port", str(port),
-                             "--max-concurrency", "8", "--max-run-timeout", str(limits.max_run_timeout),
+                             "--max-concurrency", str(limits.max_concurrency),
+                             "--max-run-timeout", str(limits.max_run_timeout),
                              "--max-processes", str(limits.max_processes), "--max-output-bytes", str(limits.max_output)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RLPOST_TEST_SECRET": canary})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -42,8 +47,9 @@ def sandbox():
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"the sandbox server did not start:\n{proc.stdout.read().decode()}")
+            pytest.fail(f"the sandbox server did not start:\n{open(log.name).read()}")
         time.sleep(0.1)
-    yield SimpleNamespace(url=url, **vars(limits))
+    yield SimpleNamespace(url=url, secret=canary, **vars(limits))
     proc.terminate()
     proc.wait(timeout=10)
+    log.close()

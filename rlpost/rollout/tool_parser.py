@@ -42,6 +42,8 @@ def _parse_block(body: str, number: int, known_tools: Collection[str] | None) ->
         call = json.loads(body)
     except json.JSONDecodeError as e:
         return f"Error: tool call {number} is not valid JSON ({e.msg} at character {e.pos}). {_FORMAT_HINT}"
+    except RecursionError:
+        return f"Error: tool call {number} nests too deeply to parse. {_FORMAT_HINT}"
     return _call(call, number, known_tools)
 
 
@@ -58,8 +60,9 @@ def _call(call: object, number: int, known_tools: Collection[str] | None) -> Too
     if isinstance(arguments, str):  # some models emit the arguments object as a JSON string
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError as e:
-            return f'Error: the "arguments" of tool call {number} are not valid JSON ({e.msg}). {_FORMAT_HINT}'
+        except (json.JSONDecodeError, RecursionError) as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+            return f'Error: the "arguments" of tool call {number} are not valid JSON ({why}). {_FORMAT_HINT}'
     if not isinstance(arguments, dict):
         return f'Error: the "arguments" of tool call {number} must be a JSON object. {_FORMAT_HINT}'
     return ToolCall(name, arguments)
@@ -72,7 +75,7 @@ def _json_calls(text: str) -> list[tuple[int, int, dict]]:
     while i >= 0:
         try:
             obj, end = decoder.raw_decode(text, i)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             end = i + 1
         else:
             if isinstance(obj, dict) and isinstance(obj.get("name"), str) and ("arguments" in obj or "parameters" in obj):

@@ -21,9 +21,10 @@ class ServiceError(RuntimeError):
 
 
 async def post_json(url: str, body: dict, timeout_s: float, retries: int, retry_delay_s: float,
-                    before_each: Callable[[], Awaitable[None]] | None = None) -> dict:
-    """The JSON answer of `url`. Connection failures, timeouts and HTTP 408/429/5xx are retried with exponential
-    backoff (each attempt waits its turn with `before_each`, the rate limit); any other non-200 answer is final."""
+                    before_each: Callable[[], Awaitable[None]] | None = None, retry_timeouts: bool = True) -> dict:
+    """The JSON object `url` answers. Connection failures, HTTP 408/429/5xx and (with `retry_timeouts`) timeouts are
+    retried with exponential backoff, each attempt waiting its turn with `before_each` (the rate limit); any other
+    non-200 answer is final. Code execution is not retried after a timeout: the service may still be running it."""
     last = ""
     for attempt in range(retries + 1):
         if attempt:
@@ -34,12 +35,22 @@ async def post_json(url: str, body: dict, timeout_s: float, retries: int, retry_
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
                 async with session.post(url, json=body) as response:
                     if response.status == 200:
-                        return await response.json(content_type=None)
+                        try:
+                            answer = await response.json(content_type=None)
+                        except ValueError as e:
+                            raise ServiceError(f"{url} answered with something that is not JSON: {e}") from e
+                        if not isinstance(answer, dict):
+                            raise ServiceError(f"{url} answered {str(answer)[:200]}, not a JSON object")
+                        return answer
                     text = (await response.text())[:500]
                     if response.status not in RETRIED_STATUSES:
                         raise ServiceError(f"{url} answered HTTP {response.status}: {text}")
                     last = f"HTTP {response.status}: {text}"
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as e:
+        except asyncio.TimeoutError:
+            last = f"no answer within {timeout_s:g} s"
+            if not retry_timeouts:
+                raise ServiceError(f"{url}: {last}") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
             last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
     raise ServiceError(f"{url}: no answer after {retries + 1} attempt(s); last: {last}")
 
@@ -54,10 +65,21 @@ class ServiceTool(BaseTool):
 
     URL_KEY = ""
     DEFAULTS: dict[str, Any] = {}
+    RETRY_TIMEOUTS = True
+    # key -> (check, what it must be); subclasses add theirs
+    CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "num_workers": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "rate_limit": (lambda v: is_number(v) and v > 0, "a number > 0 (requests per second)"),
+        "max_retries": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+        "retry_delay_s": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
+    }
 
     def __init__(self, config: dict, tool_schema: ToolSchema | None):
         super().__init__(config, tool_schema)
         self.settings = tool_config(config, {**SERVICE_DEFAULTS, **self.DEFAULTS}, f"tool '{self.name}'")
+        for key, (ok, expected) in {**ServiceTool.CHECKS, **self.CHECKS}.items():
+            if not ok(self.settings[key]):
+                raise ValueError(f"tool '{self.name}': {key} must be {expected}, got {self.settings[key]!r}")
         self.url = self.settings[self.URL_KEY]
         if not isinstance(self.url, str) or not self.url.startswith(("http://", "https://")):
             raise ValueError(f"tool '{self.name}': {self.URL_KEY} must be an http(s) URL, got {self.url!r}")
@@ -68,7 +90,15 @@ class ServiceTool(BaseTool):
         slots = self._slots.setdefault(loop, asyncio.Semaphore(self.settings["num_workers"]))
         async with slots:
             return await post_json(self.url, body, timeout_s, self.settings["max_retries"],
-                                   self.settings["retry_delay_s"], self._turn)
+                                   self.settings["retry_delay_s"], self._turn, self.RETRY_TIMEOUTS)
 
     async def _turn(self) -> None:
         await acquire(self.url, self.settings["rate_limit"], shared=self.settings["enable_global_rate_limit"])
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

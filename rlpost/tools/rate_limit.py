@@ -33,11 +33,12 @@ class TokenBucket:
 
 
 _local: dict[str, TokenBucket] = {}
-_shared: Callable[[str, float, float], Awaitable[float]] | None = None
+_shared: Callable[[str, float, float], Awaitable[float | None]] | None = None
 
 
-def share_buckets(reserve: Callable[[str, float, float], Awaitable[float]] | None) -> None:
-    """Route shared limits through `reserve(key, rate, capacity) -> seconds to wait` (None: this process only)."""
+def share_buckets(reserve: Callable[[str, float, float], Awaitable[float | None]] | None) -> None:
+    """Route shared limits through `reserve(key, rate, capacity) -> seconds to wait`, or None where it cannot share
+    (then, and with `reserve` None, this process's own bucket)."""
     global _shared
     _shared = reserve
 
@@ -46,9 +47,8 @@ async def acquire(service_url: str, rate: float, capacity: float | None = None, 
     """Waits for this request's turn at `service_url`."""
     capacity = capacity or rate
     key = hashlib.sha1(f"{service_url}|{rate}|{capacity}".encode()).hexdigest()[:16]
-    if shared and _shared is not None:
-        wait = await _shared(key, rate, capacity)
-    else:
+    wait = await _shared(key, rate, capacity) if shared and _shared is not None else None
+    if wait is None:
         wait = _local.setdefault(key, TokenBucket(rate, capacity)).reserve()
     if wait > 0:
         await asyncio.sleep(wait)

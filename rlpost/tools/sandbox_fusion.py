@@ -7,13 +7,16 @@ from typing import Any
 
 from rlpost.services.sandbox.protocol import LANGUAGES
 from rlpost.tools.base import ToolResponse
-from rlpost.tools.http import ServiceError, ServiceTool
+from rlpost.tools.http import ServiceError, ServiceTool, is_int, is_number
 from rlpost.tools.schema import ToolSchema
 
 
 class SandboxFusionTool(ServiceTool):
     URL_KEY = "sandbox_fusion_url"
     DEFAULTS = {"sandbox_fusion_url": "", "default_timeout": 30, "default_language": "python", "memory_limit_mb": 1024}
+    RETRY_TIMEOUTS = False  # the sandbox may still be running the code
+    CHECKS = {"default_timeout": (lambda v: is_number(v) and v > 0, "a number of seconds > 0"),
+              "memory_limit_mb": (lambda v: is_int(v) and (v > 0 or v == -1), "an integer > 0, or -1 (no limit)")}
 
     def __init__(self, config: dict, tool_schema: ToolSchema | None):
         super().__init__(config, tool_schema)

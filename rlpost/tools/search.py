@@ -7,13 +7,15 @@ import json
 from typing import Any
 
 from rlpost.tools.base import ToolResponse
-from rlpost.tools.http import ServiceError, ServiceTool
+from rlpost.tools.http import ServiceError, ServiceTool, is_int, is_number
 from rlpost.tools.schema import ToolSchema
 
 
 class SearchTool(ServiceTool):
     URL_KEY = "retrieval_service_url"
     DEFAULTS = {"retrieval_service_url": "", "topk": 3, "timeout": 30, "num_workers": 120, "rate_limit": 120}
+    CHECKS = {"topk": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+              "timeout": (lambda v: is_number(v) and v > 0, "a number of seconds > 0")}
 
     def get_openai_tool_schema(self) -> ToolSchema:
         return ToolSchema("search", "Searches for passages relevant to each query.",
@@ -35,7 +37,7 @@ class SearchTool(ServiceTool):
             if not isinstance(results, list) or len(results) != len(queries):
                 raise ServiceError(f"expected {len(queries)} result lists under 'result', got {str(results)[:200]}")
             text = "\n---\n".join(_passages(docs) for docs in results)
-        except (ServiceError, KeyError, TypeError) as e:
+        except (ServiceError, KeyError, TypeError, AttributeError) as e:
             return ToolResponse(text=f"Error: search failed ({e})."), 0.0, {"status": "api_error"}
         return ToolResponse(text=json.dumps({"result": text})), 0.0, {"status": "success", "queries": len(queries)}
 

@@ -21,6 +21,7 @@ from rlpost.services.sandbox.protocol import RunCodeRequest, command_result, run
 LAUNCHER = (Path(__file__).parent / "launcher.py").read_text()
 WORKDIR = "/tmp"
 _ETC = ("/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime")
+_HOST_PATH = "/usr/bin:/bin"  # bwrap's whole environment: the sandbox's PID 1 is bwrap, readable in /proc/1/environ
 _PROGRAMS = {"python": ("main.py", "python"), "bash": ("main.sh", "bash")}
 
 
@@ -79,7 +80,9 @@ class Sandbox:
 
     def _argv(self) -> list[str]:
         s = self.settings
-        argv = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+        # --disable-userns: no nested user namespace, so no mounting a bigger /tmp over the capped one
+        argv = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+                "--new-session", "--cap-drop", "ALL",
                 "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
         for link in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
             if Path(f"/usr/{link}").exists():
@@ -106,6 +109,7 @@ class Sandbox:
         interpreter = s.python if program == "python" else s.bash
         spec = {"cwd": WORKDIR, "argv": [interpreter, filename],
                 "files": {**req.files, filename: _b64(req.code)}, "fetch_files": req.fetch_files,
+                "fetch_budget": s.tmp_size_mb << 20,
                 "rlimits": {"RLIMIT_AS": memory_mb << 20, "RLIMIT_CPU": int(req.run_timeout) + 1,
                             "RLIMIT_NPROC": s.max_processes, "RLIMIT_FSIZE": s.tmp_size_mb << 20,
                             "RLIMIT_NOFILE": s.max_open_files, "RLIMIT_CORE": 0}}
@@ -116,16 +120,15 @@ class Sandbox:
             proc = await asyncio.create_subprocess_exec(
                 *self._argv(), s.python, "-I", "-S", "-c", LAUNCHER, str(spec_r), str(report_w),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                pass_fds=(spec_r, report_w), start_new_session=True, **self._identity())
+                pass_fds=(spec_r, report_w), start_new_session=True, env={"PATH": _HOST_PATH}, **self._identity())
         except OSError as e:
             for fd in (spec_r, spec_w, report_r, report_w):
                 os.close(fd)
             return run_code_response(command_result("Error", stderr=str(e)), f"could not start bubblewrap: {e}")
         os.close(spec_r)
         os.close(report_w)
-        feeding = asyncio.gather(asyncio.to_thread(_write_all, spec_w, json.dumps(spec).encode()),
-                                 self._feed_stdin(proc, req.stdin))
-        reporting = asyncio.ensure_future(asyncio.to_thread(_read_all, report_r))
+        feeding = asyncio.gather(_write_pipe(spec_w, json.dumps(spec).encode()), self._feed_stdin(proc, req.stdin))
+        reporting = asyncio.ensure_future(_read_pipe(report_r))
         out, err = _Capped(s.max_output_bytes), _Capped(s.max_output_bytes)
         reading = asyncio.gather(out.drain(proc.stdout, proc), err.drain(proc.stderr, proc))
         timed_out = False
@@ -147,9 +150,8 @@ class Sandbox:
             result = command_result("Finished", elapsed, -signal.SIGKILL, stdout, stderr)
             return run_code_response(result, f"the program wrote more than {s.max_output_bytes} bytes to "
                                              f"{'stdout' if out.overflow else 'stderr'} and was killed")
-        try:
-            report = json.loads(report_raw)
-        except json.JSONDecodeError:
+        report = _valid_report(report_raw)
+        if report is None:
             result = command_result("Error", elapsed, proc.returncode, stdout, stderr)
             return run_code_response(result, f"the sandbox failed (exit {proc.returncode}): {stderr[-2000:]}")
         result = command_result("Finished", report["execution_time"], report["return_code"], stdout, stderr,
@@ -193,7 +195,8 @@ def _explain(report: dict, req: RunCodeRequest, memory_mb: int) -> str:
         elif -code in (signal.SIGSEGV, signal.SIGKILL, signal.SIGABRT):
             notes.append(f"its memory limit is {memory_mb} MB")
     if report["missing_files"]:
-        notes.append(f"fetch_files not found: {report['missing_files']}")
+        notes.append(f"fetch_files not found (or not regular files inside the working directory, or over the size "
+                     f"budget): {report['missing_files']}")
     return "; ".join(notes)
 
 
@@ -207,11 +210,37 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    with contextlib.suppress(BrokenPipeError), os.fdopen(fd, "wb") as f:
-        f.write(data)
+async def _write_pipe(fd: int, data: bytes) -> None:
+    """Non-blocking (a thread per pipe would starve the default pool under concurrent runs)."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, os.fdopen(fd, "wb"))
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
 
 
-def _read_all(fd: int) -> bytes:
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
+async def _read_pipe(fd: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 30)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb"))
+    try:
+        return await reader.read()
+    finally:
+        transport.close()
+
+
+def _valid_report(raw: bytes) -> dict | None:
+    """The launcher's report, or None when it is missing or malformed (the program may have tampered with it)."""
+    try:
+        report = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    numbers = ("execution_time", "cpu_time")
+    if (not isinstance(report, dict) or not isinstance(report.get("return_code"), int)
+            or not all(isinstance(report.get(k), (int, float)) for k in numbers)
+            or not isinstance(report.get("files"), dict) or not isinstance(report.get("missing_files"), list)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in report["files"].items())):
+        return None
+    return report

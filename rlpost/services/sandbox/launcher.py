@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import resource
+import stat
 import subprocess
 import sys
 import time
@@ -23,12 +24,23 @@ def _write_files(cwd: str, files: dict) -> None:
             f.write(base64.b64decode(content) if content else b"")
 
 
-def _fetch(cwd: str, paths: list) -> tuple:
-    found, missing = {}, []
+def _fetch(cwd: str, paths: list, budget: int) -> tuple:
+    """Regular files inside the working directory only, `budget` bytes in all: a symlink to /dev/zero must not
+    make this unlimited process read forever."""
+    found, missing, root = {}, [], os.path.realpath(cwd) + os.sep
     for path in paths:
+        full = os.path.realpath(os.path.join(cwd, path))
         try:
-            with open(os.path.join(cwd, path), "rb") as f:
-                found[path] = base64.b64encode(f.read()).decode()
+            if not full.startswith(root):
+                raise OSError(path)
+            with open(os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise OSError(path)
+                data = f.read(budget + 1)
+            if len(data) > budget:
+                raise OSError(path)
+            budget -= len(data)
+            found[path] = base64.b64encode(data).decode()
         except OSError:
             missing.append(path)
     return found, missing
@@ -49,7 +61,7 @@ def main() -> None:
     return_code = proc.wait()
     elapsed = time.monotonic() - start
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    files, missing = _fetch(spec["cwd"], spec["fetch_files"])
+    files, missing = _fetch(spec["cwd"], spec["fetch_files"], spec["fetch_budget"])
     report = {"return_code": return_code, "execution_time": elapsed, "cpu_time": usage.ru_utime + usage.ru_stime,
               "files": files, "missing_files": missing}
     with os.fdopen(report_fd, "w") as f:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import posixpath
 from dataclasses import dataclass, field
 
@@ -48,7 +49,7 @@ class RunCodeRequest:
         req = cls(code=body["code"], language=body["language"])
         for name in ("compile_timeout", "run_timeout"):
             value = body.get(name, getattr(req, name))
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise InvalidRequest(name, f"expected a positive number of seconds, got {value!r}")
             setattr(req, name, float(value))
         memory = body.get("memory_limit_MB", -1)
@@ -62,9 +63,7 @@ class RunCodeRequest:
         fetch = body.get("fetch_files") or []
         if not isinstance(fetch, list) or not all(isinstance(p, str) for p in fetch):
             raise InvalidRequest("fetch_files", "expected a list of paths")
-        for path in fetch:
-            _relative(path, "fetch_files")
-        req.fetch_files = fetch
+        req.fetch_files = [_relative(path, "fetch_files") for path in fetch]
         return req
 
 
@@ -89,6 +88,9 @@ def _files(files: object) -> dict[str, str | None]:
             except binascii.Error as e:
                 raise InvalidRequest("files", f"'{path}': not valid base64: {e}") from e
         out[_relative(path, "files")] = content
+    for path in out:
+        if any(other.startswith(path + "/") for other in out):
+            raise InvalidRequest("files", f"'{path}' is a file and also a directory of another entry")
     return out
 
 
