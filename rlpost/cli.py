@@ -43,6 +43,12 @@ def _train(args: argparse.Namespace) -> None:
         raise SystemExit(f"rlpost: {e}; the last checkpoint is intact, resume with trainer.resume=auto") from e
 
 
+def _wait_nodes(args: argparse.Namespace) -> None:
+    from rlpost.cluster.resources import wait_for_nodes
+
+    wait_for_nodes(args.address, args.nodes, args.timeout)
+
+
 def _convert_gguf(args: argparse.Namespace) -> None:
     from rlpost.models.gguf import convert_gguf
 
@@ -110,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
     t.set_defaults(func=_train)
 
+    clu = sub.add_parser("cluster", help="Ray cluster helpers for launch scripts")
+    clu_sub = clu.add_subparsers(dest="action", required=True)
+    wait = clu_sub.add_parser("wait", help="wait until a Ray cluster has this many live nodes")
+    wait.add_argument("--nodes", type=int, required=True)
+    wait.add_argument("--address", default=None, help="default: RAY_ADDRESS")
+    wait.add_argument("--timeout", type=float, default=300.0, help="seconds")
+    wait.set_defaults(func=_wait_nodes)
+
     conv = sub.add_parser("convert", help="model conversions")
     conv_sub = conv.add_subparsers(dest="kind", required=True)
     gg = conv_sub.add_parser("gguf", help="GGUF file -> Hugging Face directory (fp32 safetensors)")
@@ -164,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, SandboxUnavailable) as e:
+    except (ConfigError, FileNotFoundError, ValueError, SandboxUnavailable, TimeoutError) as e:
         print(f"rlpost: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -26,6 +26,24 @@ def connect(address: str | None, devices: int) -> None:
              runtime_env=env, log_to_driver=True)
 
 
+def wait_for_nodes(address: str | None, n_nodes: int, timeout_s: float) -> None:
+    """Returns once the cluster has `n_nodes` live nodes; a launch script calls it before training starts."""
+    import time
+
+    import ray
+
+    ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False, logging_level="ERROR")
+    try:
+        deadline = time.monotonic() + timeout_s
+        while (alive := sum(node["Alive"] for node in ray.nodes())) < n_nodes:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{alive} of {n_nodes} Ray nodes joined within {timeout_s:g} s")
+            time.sleep(1.0)
+        print(f"all {n_nodes} Ray nodes joined", flush=True)
+    finally:
+        ray.shutdown()
+
+
 def _cuda_devices() -> int:
     import torch
 
