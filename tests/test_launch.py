@@ -1,6 +1,7 @@
 """Launch scripts: shellcheck on every script, and the SLURM batch script run end to end on this machine with SLURM
-faked (its variables, `scontrol show hostnames`, and an `srun` that runs its command here): a real two-node Ray
-cluster comes up through the script's own code, trains one step, and is torn down with no process left behind."""
+faked (its variables, `scontrol show hostnames`, an `srun` that runs its command here, an `sbatch` that records):
+a real two-node Ray cluster comes up through the script's own code, trains one step, and is torn down with no
+process left behind, also when the job is cancelled mid-training; submit.sh refuses a config typo before submitting."""
 
 import json
 import os
@@ -46,18 +47,24 @@ def _ray_processes() -> list[str]:
     return [line for line in out.splitlines() if "pgrep" not in line]
 
 
-def test_slurm_script_brings_up_ray_trains_and_tears_down(tmp_path):
-    assert _ray_processes() == [], "a Ray cluster is already running here"
+def _fake_slurm_env(tmp_path: Path) -> dict:
     fake = tmp_path / "bin"
-    fake.mkdir()
-    for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN)):
+    fake.mkdir(exist_ok=True)
+    for name, text in (("scontrol", FAKE_SCONTROL), ("srun", FAKE_SRUN),
+                       ("sbatch", '#!/usr/bin/env bash\necho "$@" > "$FAKE_SRUN_LOG.sbatch"\n')):
         (fake / name).write_text(text)
         (fake / name).chmod(0o755)
-    run = make_tiny_run(tmp_path / "run")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(PATH=f"{fake}:{Path(sys.executable).parent}:{env['PATH']}", SLURM_JOB_ID="4242",
+    env.update(PATH=f"{fake}:{Path(sys.executable).parent}:{env['PATH']}", SLURM_JOB_ID="4243",
                SLURM_JOB_NODELIST="node-a,node-b", SLURM_GPUS_ON_NODE="1", SLURM_CPUS_ON_NODE="2",
                RLPOST_RAY_PORT=str(free_port()), RLPOST_RAY_JOIN_TIMEOUT="120", FAKE_SRUN_LOG=str(tmp_path / "srun"))
+    return env
+
+
+def test_slurm_script_brings_up_ray_trains_and_tears_down(tmp_path):
+    assert _ray_processes() == [], "a Ray cluster is already running here"
+    run = make_tiny_run(tmp_path / "run")
+    env = _fake_slurm_env(tmp_path)
     overrides = [*run["overrides"], "trainer.total_training_steps=1", "actor.micro_batch_size=1",
                  "reward.overlong_buffer.enable=false"]
     result = subprocess.run(["bash", "launch/slurm/rlpost.sbatch", "recipes/gsm8k/quickstart.yaml", *overrides],
@@ -73,3 +80,40 @@ def test_slurm_script_brings_up_ray_trains_and_tears_down(tmp_path):
     while _ray_processes() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _ray_processes() == []
+
+
+def test_a_cancelled_job_tears_the_cluster_down(tmp_path):
+    """scancel sends SIGTERM to the batch script: Ray must stop on every node even while training runs."""
+    import signal
+
+    assert _ray_processes() == [], "a Ray cluster is already running here"
+    run = make_tiny_run(tmp_path / "run")
+    proc = subprocess.Popen(["bash", "launch/slurm/rlpost.sbatch", "recipes/gsm8k/quickstart.yaml", *run["overrides"],
+                             "actor.micro_batch_size=1", "reward.overlong_buffer.enable=false"], cwd=ROOT,
+                            env=_fake_slurm_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "all 2 Ray nodes joined" in line:
+            break
+    time.sleep(3)  # training has started
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    deadline = time.monotonic() + 30
+    while _ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _ray_processes() == []
+
+
+def test_submit_checks_the_config_before_submitting(tmp_path):
+    env = _fake_slurm_env(tmp_path)
+    ok = subprocess.run(["bash", "launch/slurm/submit.sh", "recipes/gsm8k/quickstart.yaml", "3", "trainer.seed=7"],
+                        cwd=ROOT, env={**env, "SBATCH_ARGS": "--partition=gpu --time=1:00:00"}, capture_output=True,
+                        text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "srun.sbatch").read_text().split() == [
+        "--nodes=3", "--partition=gpu", "--time=1:00:00", "launch/slurm/rlpost.sbatch", "recipes/gsm8k/quickstart.yaml",
+        "trainer.seed=7"]
+    (tmp_path / "srun.sbatch").unlink()
+    typo = subprocess.run(["bash", "launch/slurm/submit.sh", "recipes/gsm8k/quickstart.yaml", "3", "trainer.sed=7"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert typo.returncode != 0 and "trainer.sed" in typo.stderr and not (tmp_path / "srun.sbatch").exists()
