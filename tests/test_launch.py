@@ -47,6 +47,13 @@ def _ray_processes() -> list[str]:
     return [line for line in out.splitlines() if "pgrep" not in line]
 
 
+def _assert_no_ray_left(within_s: float = 30) -> None:
+    deadline = time.monotonic() + within_s
+    while _ray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _ray_processes() == []
+
+
 def _fake_slurm_env(tmp_path: Path) -> dict:
     fake = tmp_path / "bin"
     fake.mkdir(exist_ok=True)
@@ -76,10 +83,7 @@ def test_slurm_script_brings_up_ray_trains_and_tears_down(tmp_path):
     assert [m["step"] for m in metrics] == [1]
     steps = (tmp_path / "srun").read_text().split()
     assert steps.count("node-a") >= 2 and steps.count("node-b") >= 2  # ray start and ray stop on each node
-    deadline = time.monotonic() + 30
-    while _ray_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert _ray_processes() == []
+    _assert_no_ray_left()
 
 
 def test_a_cancelled_job_tears_the_cluster_down(tmp_path):
@@ -98,10 +102,7 @@ def test_a_cancelled_job_tears_the_cluster_down(tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode != 0
-    deadline = time.monotonic() + 30
-    while _ray_processes() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert _ray_processes() == []
+    _assert_no_ray_left()
 
 
 def test_submit_checks_the_config_before_submitting(tmp_path):

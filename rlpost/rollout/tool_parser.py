@@ -28,10 +28,16 @@ class ToolCall:
 
 @dataclass
 class ParsedResponse:
-    content: str  # the text outside the tool-call blocks
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # one message per malformed call, for the model to read
-    items: list[ToolCall | str] = field(default_factory=list)  # calls and error messages in the order written
+    content: str  # the text outside the tool calls
+    items: list[ToolCall | str] = field(default_factory=list)  # calls and error messages (for the model), in order
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [item for item in self.items if isinstance(item, ToolCall)]
+
+    @property
+    def errors(self) -> list[str]:
+        return [item for item in self.items if isinstance(item, str)]
 
 
 FORMATS = ("hermes", "json")
@@ -91,35 +97,22 @@ def parse_tool_calls(text: str, known_tools: Collection[str] | None = None, fmt:
     if fmt not in FORMATS:
         raise ValueError(f"tool-call format '{fmt}' is not one of {list(FORMATS)}")
     if fmt == "json" and OPEN not in text:
-        return _parse_json(text, known_tools)
-    parsed = ParsedResponse(content="")
-    pieces, end = [], 0
-    for number, match in enumerate(_BLOCK.finditer(text), 1):
-        pieces.append(text[end : match.start()])
-        end = match.end()
-        result = _parse_block(match.group(1).strip(), number, known_tools)
-        (parsed.tool_calls if isinstance(result, ToolCall) else parsed.errors).append(result)
-        parsed.items.append(result)
-    rest = text[end:]
-    if OPEN in rest:
-        cut = rest.index(OPEN)
-        parsed.errors.append(f"Error: a tool call was opened with {OPEN} but never closed with {CLOSE}. {_FORMAT_HINT}")
-        parsed.items.append(parsed.errors[-1])
-        rest = rest[:cut]
-    pieces.append(rest)
-    parsed.content = "".join(pieces).strip()
-    return parsed
+        return _without(text, [(start, end, _call(obj, number, known_tools))
+                               for number, (start, end, obj) in enumerate(_json_calls(text), 1)])
+    spans = [(match.start(), match.end(), _parse_block(match.group(1).strip(), number, known_tools))
+             for number, match in enumerate(_BLOCK.finditer(text), 1)]
+    unclosed = text.find(OPEN, spans[-1][1] if spans else 0)
+    if unclosed >= 0:
+        spans.append((unclosed, len(text),
+                      f"Error: a tool call was opened with {OPEN} but never closed with {CLOSE}. {_FORMAT_HINT}"))
+    return _without(text, spans)
 
 
-def _parse_json(text: str, known_tools: Collection[str] | None) -> ParsedResponse:
-    parsed = ParsedResponse(content="")
+def _without(text: str, spans: list[tuple[int, int, ToolCall | str]]) -> ParsedResponse:
+    """The response with each (start, end, call or error) span taken out of its text, the items kept in order."""
     pieces, last = [], 0
-    for number, (start, end, obj) in enumerate(_json_calls(text), 1):
+    for start, end, _ in spans:
         pieces.append(text[last:start])
         last = end
-        result = _call(obj, number, known_tools)
-        (parsed.tool_calls if isinstance(result, ToolCall) else parsed.errors).append(result)
-        parsed.items.append(result)
     pieces.append(text[last:])
-    parsed.content = "".join(pieces).strip()
-    return parsed
+    return ParsedResponse("".join(pieces).strip(), [item for _, _, item in spans])

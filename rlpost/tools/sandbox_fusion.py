@@ -42,7 +42,7 @@ class SandboxFusionTool(ServiceTool):
         if language not in LANGUAGES:
             return ToolResponse(text=f"Error: language '{language}' is not supported."), 0.0, {}
         timeout = parameters.get("timeout", s["default_timeout"])
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= s["default_timeout"]:
+        if not is_number(timeout) or not 0 < timeout <= s["default_timeout"]:
             timeout = s["default_timeout"]
         body = {"code": code, "language": language, "compile_timeout": timeout, "run_timeout": timeout,
                 "memory_limit_MB": s["memory_limit_mb"], "stdin": None, "files": {}, "fetch_files": []}

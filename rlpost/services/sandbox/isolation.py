@@ -22,7 +22,7 @@ LAUNCHER = (Path(__file__).parent / "launcher.py").read_text()
 WORKDIR = "/tmp"
 _ETC = ("/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime")
 _HOST_PATH = "/usr/bin:/bin"  # bwrap's whole environment: the sandbox's PID 1 is bwrap, readable in /proc/1/environ
-_PROGRAMS = {"python": ("main.py", "python"), "bash": ("main.sh", "bash")}
+_PROGRAMS = {"python": "main.py", "bash": "main.sh"}  # language (a SandboxSettings interpreter field) -> code file
 
 
 @dataclass
@@ -61,6 +61,7 @@ class Sandbox:
             if not path.startswith(visible):
                 raise SandboxUnavailable(f"'{path}' is not inside the sandbox: use an interpreter under /usr or "
                                          f"add its installation prefix to the read-only binds")
+        self._bwrap_argv = self._argv()
 
     def check_request(self, req: RunCodeRequest) -> str | None:
         """Why this server will not run the request, or None."""
@@ -74,8 +75,8 @@ class Sandbox:
         size = len(req.code) + sum(len(c or "") * 3 // 4 for c in req.files.values())
         if size > s.tmp_size_mb << 20:
             return f"code and files ({size} bytes) do not fit the sandbox's {s.tmp_size_mb} MiB /tmp"
-        if _PROGRAMS[req.language][0] in req.files:
-            return f"files: '{_PROGRAMS[req.language][0]}' is where the code goes; name the file differently"
+        if _PROGRAMS[req.language] in req.files:
+            return f"files: '{_PROGRAMS[req.language]}' is where the code goes; name the file differently"
         return None
 
     def _argv(self) -> list[str]:
@@ -104,13 +105,13 @@ class Sandbox:
 
     async def run(self, req: RunCodeRequest) -> dict:
         s = self.settings
-        filename, program = _PROGRAMS[req.language]
+        filename = _PROGRAMS[req.language]
         memory_mb = s.default_memory_mb if req.memory_limit_MB == -1 else req.memory_limit_MB
-        interpreter = s.python if program == "python" else s.bash
-        spec = {"cwd": WORKDIR, "argv": [interpreter, filename],
+        cpu_s = int(req.run_timeout) + 1
+        spec = {"cwd": WORKDIR, "argv": [getattr(s, req.language), filename],
                 "files": {**req.files, filename: _b64(req.code)}, "fetch_files": req.fetch_files,
                 "fetch_budget": s.tmp_size_mb << 20,
-                "rlimits": {"RLIMIT_AS": memory_mb << 20, "RLIMIT_CPU": int(req.run_timeout) + 1,
+                "rlimits": {"RLIMIT_AS": memory_mb << 20, "RLIMIT_CPU": cpu_s,
                             "RLIMIT_NPROC": s.max_processes, "RLIMIT_FSIZE": s.tmp_size_mb << 20,
                             "RLIMIT_NOFILE": s.max_open_files, "RLIMIT_CORE": 0}}
         spec_r, spec_w = os.pipe()
@@ -118,7 +119,7 @@ class Sandbox:
         start = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self._argv(), s.python, "-I", "-S", "-c", LAUNCHER, str(spec_r), str(report_w),
+                *self._bwrap_argv, s.python, "-I", "-S", "-c", LAUNCHER, str(spec_r), str(report_w),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 pass_fds=(spec_r, report_w), start_new_session=True, env={"PATH": _HOST_PATH}, **self._identity())
         except OSError as e:
@@ -156,7 +157,7 @@ class Sandbox:
             return run_code_response(result, f"the sandbox failed (exit {proc.returncode}): {stderr[-2000:]}")
         result = command_result("Finished", report["execution_time"], report["return_code"], stdout, stderr,
                                 report["cpu_time"])
-        return run_code_response(result, _explain(report, req, memory_mb), report["files"])
+        return run_code_response(result, _explain(report, cpu_s, memory_mb), report["files"])
 
     async def _feed_stdin(self, proc: asyncio.subprocess.Process, stdin: str | None) -> None:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -184,14 +185,14 @@ class _Capped:
         return self.data.decode(errors="replace")
 
 
-def _explain(report: dict, req: RunCodeRequest, memory_mb: int) -> str:
+def _explain(report: dict, cpu_s: int, memory_mb: int) -> str:
     code = report["return_code"]
     notes = []
     if code < 0:
         name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
         notes.append(f"the program was killed by {name}")
         if -code == signal.SIGXCPU:
-            notes.append(f"its CPU time limit is {int(req.run_timeout) + 1} s")
+            notes.append(f"its CPU time limit is {cpu_s} s")
         elif -code in (signal.SIGSEGV, signal.SIGKILL, signal.SIGABRT):
             notes.append(f"its memory limit is {memory_mb} MB")
     if report["missing_files"]:

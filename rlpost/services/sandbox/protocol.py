@@ -101,10 +101,10 @@ def command_result(status: str, execution_time: float | None = None, return_code
             "stderr": stderr, "cpu_time": cpu_time}
 
 
-def run_code_response(run_result: dict | None, message: str = "", files: dict | None = None) -> dict:
+def run_code_response(run_result: dict, message: str = "", files: dict | None = None) -> dict:
     """A RunCodeResponse. The overall status follows Sandbox Fusion's rule: a result with status Error means the
     sandbox failed (SandboxError), a time limit or a non-zero exit means the program failed (Failed)."""
-    if run_result is None or run_result["status"] == "Error":
+    if run_result["status"] == "Error":
         status = "SandboxError"
     elif run_result["status"] == "TimeLimitExceeded" or run_result["return_code"] != 0:
         status = "Failed"
