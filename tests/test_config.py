@@ -136,6 +136,40 @@ def test_cross_field_checks():
         "critic.tp * critic.pp = 2 does not divide the 1 training devices"]
 
 
+def test_sglang_with_colocated_placement_is_refused_with_the_reason():
+    """The colocated hybrid engine is embedded-only; before, this combination silently ran the embedded engine."""
+    [found] = problems("rollout.engine=sglang")
+    assert found.startswith("rollout.engine = sglang runs with cluster.placement = split only")
+    load("rollout.engine=sglang", "cluster.n_gpus_per_node=2", "cluster.placement=split", "cluster.rollout_n_gpus=1")
+
+
+def test_gspo_cannot_be_aggregated_other_than_as_defined():
+    """verl aggregates GSPO as seq-mean-token-mean whatever loss_agg_mode says; rlpost refuses the mismatch."""
+    assert problems("actor.policy_loss=gspo") == [
+        "actor.policy_loss = gspo is defined with actor.loss_agg_mode = seq-mean-token-mean (verl always aggregates "
+        "it so), got token-mean; set actor.loss_agg_mode=seq-mean-token-mean or use the 'gspo' preset"]
+    load("actor.policy_loss=gspo", "actor.loss_agg_mode=seq-mean-token-mean")
+
+
+def test_every_loss_key_reaches_the_loss_settings():
+    from rlpost.config.derived import policy_loss_settings, value_loss_settings
+
+    cfg = load("actor.policy_loss=gspo", "actor.loss_agg_mode=seq-mean-token-mean", "actor.clip_ratio_low=0.1",
+               "actor.clip_ratio_high=0.3", "actor.clip_ratio_c=4", "actor.entropy_coeff=0.01",
+               "actor.use_kl_loss=true", "actor.kl_loss_coef=0.2", "actor.kl_loss_type=k2",
+               "critic.cliprange_value=0.3", "critic.loss_agg_mode=seq-mean-token-sum-norm")
+    s = policy_loss_settings(cfg)
+    assert dataclasses.asdict(s) == {
+        "policy_loss": "gspo", "loss_agg_mode": "seq-mean-token-mean", "clip_ratio_low": 0.1, "clip_ratio_high": 0.3,
+        "clip_ratio_c": 4.0, "entropy_coeff": 0.01, "use_kl_loss": True, "kl_loss_coef": 0.2, "kl_loss_type": "k2",
+        "loss_scale_factor": 192.0}  # Dr. GRPO's constant defaults to data.max_response_length
+    actor_keys = {f.name for f in dataclasses.fields(cfg.actor)}
+    assert set(dataclasses.asdict(s)) - {"loss_scale_factor"} <= actor_keys  # each setting is the actor key's value
+    assert dataclasses.asdict(value_loss_settings(cfg)) == {
+        "cliprange_value": 0.3, "loss_agg_mode": "seq-mean-token-sum-norm", "loss_scale_factor": 192.0}
+    assert policy_loss_settings(load("actor.loss_scale_factor=100")).loss_scale_factor == 100.0
+
+
 def test_tp_must_divide_heads(tmp_path, tiny_llama):
     data = tmp_path / "d.parquet"
     data.write_bytes(b"")

@@ -9,7 +9,7 @@ import torch
 from rlpost.rollout.engine.engine import Engine, abort_reason
 from rlpost.rollout.engine.request import Request, RequestError, SamplingParams
 from rlpost.rollout.engine.sampler import RowSettings, sample
-from rlpost.testing.checkpoints import make_tiny_checkpoint
+from rlpost.testing.tiny_models import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])

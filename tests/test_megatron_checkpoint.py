@@ -6,7 +6,7 @@ the no-weight-decay group) round-trips too."""
 import pytest
 import torch
 
-from rlpost.testing.checkpoints import make_tiny_checkpoint
+from rlpost.testing.tiny_models import make_tiny_checkpoint
 from rlpost.testing.distributed import run_ranks
 
 OVERRIDES = ["actor.optim.lr=1e-3", "actor.optim.eps=1e-2", "actor.entropy_coeff=0.01"]
@@ -16,25 +16,28 @@ def _rank(rank, world, path, out, data, tp=2, dtype="float32"):
     from megatron.core import parallel_state as ps
 
     from rlpost.config import load_config
-    from rlpost.megatron.checkpoint import export_hf, load_checkpoint, save_checkpoint
+    from rlpost.config.derived import policy_loss_settings
+    from rlpost.megatron.dist_checkpoint import export_hf, load_checkpoint, save_checkpoint
     from rlpost.megatron.model import build_stage, stream_hf_weights
     from rlpost.megatron.optim import build_optimizer, wrap_ddp
     from rlpost.megatron.parallel import setup_model_parallel
     from rlpost.megatron.update import actor_loss_fn, loss_denominators, train_step
 
-    cfg = load_config(None, OVERRIDES, check_files=False).actor
+    cfg = load_config(None, OVERRIDES, check_files=False)
+    loss = policy_loss_settings(cfg)
     setup_model_parallel(tp, 1, seed=1)
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
 
     def build():
         stage = build_stage(path, dtype)
-        optimizer, scheduler = build_optimizer(wrap_ddp(stage), cfg.optim, total_steps=4, dtype=dtype)
+        optimizer, scheduler = build_optimizer(wrap_ddp(stage), cfg.actor.optim, total_steps=4, dtype=dtype)
         return stage, optimizer, scheduler
 
     def step(stage, optimizer, scheduler, rows):
         mbs = [{k: v[r : r + 1] for k, v in data.items()} for i, r in enumerate(rows) if i % dp == dp_rank]
-        fn = actor_loss_fn(stage, cfg, len(mbs), dp, loss_denominators(mbs, ps.get_data_parallel_group()))
-        return train_step(stage, optimizer, scheduler, mbs, fn)
+        group = ps.get_data_parallel_group()
+        fn = actor_loss_fn(stage, loss, len(mbs), dp, loss_denominators(mbs, loss.loss_scale_factor, group))
+        return train_step(stage, optimizer, scheduler, mbs, fn, group)
 
     stage, optimizer, scheduler = build()
     step(stage, optimizer, scheduler, [0, 1, 2, 3])
@@ -92,7 +95,7 @@ def test_bf16_qwen2_resume_is_bitwise(tmp_path):
 
 
 def test_checkpoint_directory_is_complete_and_partial_is_refused(run, tmp_path):
-    from rlpost.megatron.checkpoint import is_complete
+    from rlpost.megatron.dist_checkpoint import is_complete
 
     _, out = run
     assert is_complete(out / "step_1") and not (out / ".step_1.partial").exists()

@@ -5,7 +5,7 @@ layout: layouts smaller than the world are data-parallel replicas."""
 import pytest
 import torch
 
-from rlpost.testing.checkpoints import make_tiny_checkpoint
+from rlpost.testing.tiny_models import make_tiny_checkpoint
 from rlpost.testing.distributed import run_ranks
 
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2)]
@@ -22,7 +22,7 @@ def _rank(rank, world, checkpoints, export_dir):
     from megatron.core import parallel_state as ps
     from transformers import AutoModelForCausalLM
 
-    from rlpost.megatron.checkpoint import export_hf
+    from rlpost.megatron.dist_checkpoint import export_hf
     from rlpost.megatron.forward import run_schedule
     from rlpost.megatron.model import build_stage, stream_hf_weights
     from rlpost.megatron.parallel import setup_model_parallel

@@ -4,7 +4,7 @@ transformers computing the same quantities; a critic update lowers the clipped v
 import pytest
 import torch
 
-from rlpost.testing.checkpoints import make_tiny_checkpoint
+from rlpost.testing.tiny_models import make_tiny_checkpoint
 from rlpost.testing.distributed import run_ranks
 
 TOLERANCE = 1e-4
@@ -14,6 +14,7 @@ def _rank(rank, world, path, ids, returns):
     from megatron.core import parallel_state as ps
 
     from rlpost.config import load_config
+    from rlpost.config.derived import value_loss_settings
     from rlpost.megatron.forward import compute_logprobs, compute_values
     from rlpost.megatron.model import build_stage
     from rlpost.megatron.optim import build_optimizer, wrap_ddp
@@ -21,7 +22,7 @@ def _rank(rank, world, path, ids, returns):
     from rlpost.megatron.update import critic_loss_fn, loss_denominators, train_step
 
     out = {}
-    critic_cfg = load_config(None, ["critic.optim.lr=1e-3"], check_files=False).critic
+    cfg = load_config(None, ["critic.optim.lr=1e-3"], check_files=False)
     for tp, pp in [(1, 1), (2, 2)]:
         setup_model_parallel(tp, pp, seed=3)
         ref = build_stage(path)
@@ -35,11 +36,11 @@ def _rank(rank, world, path, ids, returns):
         head = None
         if ps.is_pipeline_last_stage():
             head = {k: v.clone() for k, v in critic.core.output_layer.state_dict().items()}
-        optimizer, scheduler = build_optimizer(wrap_ddp(critic), critic_cfg.optim, total_steps=5)
+        optimizer, scheduler = build_optimizer(wrap_ddp(critic), cfg.critic.optim, total_steps=5)
         mbs = [{"input_ids": ids, "loss_mask": torch.ones(ids.shape[0], ids.shape[1] - 1), "returns": returns,
                 "old_values": torch.cat([v["values"] for v in values]) if values else torch.zeros_like(returns)}]
-        losses = [train_step(critic, optimizer, scheduler, mbs,
-                             critic_loss_fn(critic_cfg, 1, 1, loss_denominators(mbs))).get("vf_loss") for _ in range(3)]
+        loss_fn = critic_loss_fn(value_loss_settings(cfg), 1, 1, loss_denominators(mbs, None))
+        losses = [train_step(critic, optimizer, scheduler, mbs, loss_fn).get("vf_loss") for _ in range(3)]
         if ps.is_pipeline_last_stage():
             out[(tp, pp)] = {"log_probs": torch.cat([r["log_probs"] for r in logprobs]),
                              "entropy": torch.cat([r["entropy"] for r in logprobs]),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlpost.config import load_config
-from rlpost.testing.checkpoints import make_tiny_checkpoint
+from rlpost.testing.tiny_models import make_tiny_checkpoint
 from rlpost.testing.distributed import run_ranks
 
 TOLERANCE = 1e-6
@@ -45,22 +45,23 @@ def _rank(rank, world, path, tp, pp, data, overrides):
     from rlpost.megatron.model import build_stage, stream_hf_weights
     from rlpost.megatron.optim import build_optimizer, wrap_ddp
     from rlpost.megatron.parallel import setup_model_parallel
+    from rlpost.config.derived import policy_loss_settings
     from rlpost.megatron.update import actor_loss_fn, loss_denominators, train_step
 
-    cfg = load_config(None, overrides, check_files=False).actor
+    cfg = load_config(None, overrides, check_files=False)
     setup_model_parallel(tp, pp, seed=1)
     stage = build_stage(path)
     ddp = wrap_ddp(stage)
-    optimizer, scheduler = build_optimizer(ddp, cfg.optim, total_steps=2)
+    optimizer, scheduler = build_optimizer(ddp, cfg.actor.optim, total_steps=2)
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     metrics = []
     for step in range(2):  # two mini-batches of SEQS/2 sequences, split over DP, one sequence per micro-batch
         rows = range(step * SEQS // 2, (step + 1) * SEQS // 2)
         mine = [r for i, r in enumerate(rows) if i % dp == dp_rank]
         micro_batches = [{k: v[r : r + 1] for k, v in data.items()} for r in mine]
-        denominators = loss_denominators(micro_batches, ps.get_data_parallel_group(), horizon=LENGTH - 1)
-        loss_fn = actor_loss_fn(stage, cfg, len(micro_batches), dp, denominators)
-        metrics.append(train_step(stage, optimizer, scheduler, micro_batches, loss_fn))
+        denominators = loss_denominators(micro_batches, LENGTH - 1, ps.get_data_parallel_group())
+        loss_fn = actor_loss_fn(stage, policy_loss_settings(cfg), len(micro_batches), dp, denominators)
+        metrics.append(train_step(stage, optimizer, scheduler, micro_batches, loss_fn, ps.get_data_parallel_group()))
     weights = dict(stream_hf_weights(stage))  # every TP rank takes part in the gathers
     if dp_rank or ps.get_tensor_model_parallel_rank():
         weights = {}
@@ -110,14 +111,16 @@ def _one_step(rank, world, path, data, on_policy):
     from rlpost.megatron.model import build_stage, stream_hf_weights
     from rlpost.megatron.optim import build_optimizer, wrap_ddp
     from rlpost.megatron.parallel import setup_model_parallel
+    from rlpost.config.derived import policy_loss_settings
     from rlpost.megatron.update import actor_loss_fn, loss_denominators, train_step
 
-    cfg = load_config(None, ["actor.optim.lr=1e-3", "actor.optim.eps=1e-2"], check_files=False).actor
+    cfg = load_config(None, ["actor.optim.lr=1e-3", "actor.optim.eps=1e-2"], check_files=False)
     setup_model_parallel(1, 1, seed=1)
     stage = build_stage(path)
-    optimizer, scheduler = build_optimizer(wrap_ddp(stage), cfg.optim, total_steps=1)
+    optimizer, scheduler = build_optimizer(wrap_ddp(stage), cfg.actor.optim, total_steps=1)
     micro_batches = [{k: v[r : r + 2] for k, v in data.items()} for r in range(0, SEQS, 2)]
-    loss_fn = actor_loss_fn(stage, cfg, len(micro_batches), 1, loss_denominators(micro_batches), on_policy=on_policy)
+    loss_fn = actor_loss_fn(stage, policy_loss_settings(cfg), len(micro_batches), 1,
+                            loss_denominators(micro_batches, None), on_policy=on_policy)
     metrics = train_step(stage, optimizer, scheduler, micro_batches, loss_fn)
     return dict(stream_hf_weights(stage)), metrics
 

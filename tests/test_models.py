@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from rlpost.models.gguf import asset_gguf, gguf_dims
 from rlpost.models.hf import load_hf_model, load_tokenizer, model_dims, resolve_model_path
-from rlpost.testing.checkpoints import make_tiny_checkpoint
+from rlpost.testing.tiny_models import make_tiny_checkpoint
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])

@@ -156,6 +156,7 @@ def _push_rank(rank, world, base, urls, master_port):
 
     from rlpost.models.safetensors_dir import SafetensorsDir
     from rlpost.resharding.transfer import inference_buckets, make_groups
+    from rlpost.resharding.servers import WeightServers
     from rlpost.resharding.transports import BroadcastTransport, HTTPTransport, push_buckets
 
     dims = ModelDims.from_hf_config(AutoConfig.from_pretrained(base))
@@ -164,9 +165,9 @@ def _push_rank(rank, world, base, urls, master_port):
     plan = make_plan(world, 1, 1, 1)
     buckets = inference_buckets(plan, rank, params, dims, make_groups(plan), 16384, torch.float32)
     if rank == 0:
-        transport = HTTPTransport(urls[0])
+        transport = HTTPTransport(WeightServers(urls[:1]))
     else:
-        transport = BroadcastTransport([urls[1]], "127.0.0.1", master_port)
+        transport = BroadcastTransport(WeightServers(urls[1:]), "127.0.0.1", master_port, "gloo")
     return push_buckets(buckets, transport, "v7")
 
 
@@ -177,9 +178,10 @@ def test_resharded_weights_pushed_over_http_and_broadcast_serve_the_trained_mode
     import urllib.request
 
     from rlpost.rollout.launcher import ServerProcess, ServerSpec
-    from rlpost.testing.checkpoints import make_tiny_checkpoint
-    from rlpost.testing.distributed import free_port
     from transformers import AutoModelForCausalLM
+
+    from rlpost.net import free_port
+    from rlpost.testing.tiny_models import make_tiny_checkpoint
 
     base = make_tiny_checkpoint("qwen2", tmp_path / "base")
     other = make_tiny_checkpoint("qwen2", tmp_path / "other", seed=1)
@@ -212,7 +214,7 @@ def test_in_process_push_into_a_colocated_engine(tmp_path):
     from rlpost.resharding.transports import EngineTransport, push_buckets
     from rlpost.rollout.engine.engine import Engine
     from rlpost.rollout.engine.request import Request, SamplingParams
-    from rlpost.testing.checkpoints import make_tiny_checkpoint
+    from rlpost.testing.tiny_models import make_tiny_checkpoint
 
     base = make_tiny_checkpoint("llama", tmp_path / "base", tie_word_embeddings=True)
     other = make_tiny_checkpoint("llama", tmp_path / "other", seed=1, tie_word_embeddings=True)

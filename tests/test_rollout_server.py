@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from rlpost.models.safetensors_dir import SafetensorsDir
-from rlpost.rollout.client import ServerError, SGLangClient
-from rlpost.rollout.engine.weight_group import broadcast, new_group
+from rlpost.net import free_port
+from rlpost.protocol.weight_group import backend_for, broadcast, new_group
+from rlpost.protocol.wire import ServerError
+from rlpost.resharding.servers import WeightServers
+from rlpost.rollout.client import SGLangClient
 from rlpost.rollout.launcher import ServerProcess, ServerSpec, server_command
-from rlpost.testing.checkpoints import make_tiny_checkpoint
-from rlpost.testing.distributed import free_port
+from rlpost.testing.tiny_models import make_tiny_checkpoint
 
 GREEDY = {"max_new_tokens": 8, "temperature": 0.0}
 PROMPT = [15, 27, 99, 140, 200, 33]
@@ -127,42 +129,51 @@ def test_weight_update_from_tensor_disk_and_distributed_change_outputs(server, m
     expected_other, expected_base = reference_greedy(other), reference_greedy(base)
     reader = SafetensorsDir(other)
     named = [(n, reader.get(n)) for n in reader.files]
+    weights = WeightServers([server.spec.url])
 
-    async def go(client):
-        results = {"before": await greedy_ids(client)}
-        await client.update_weights_from_tensor(named, weight_version="v1")
-        results["tensor"] = await greedy_ids(client)
-        results["version"] = (await client.request(server.spec.url, "/get_model_info", method="GET"))["weight_version"]
-        await client.update_weights_from_disk(str(base))
-        results["disk"] = await greedy_ids(client)
-        port = free_port()
-        holder = {}
-        joined = threading.Thread(target=lambda: holder.update(group=new_group("127.0.0.1", port, 0, 2, "push")[0]))
-        joined.start()
-        await client.init_weights_update_group("127.0.0.1", port, world_size=2, group_name="push")
-        joined.join()
+    def greedy():
+        return run(_with_client(server, greedy_ids))
 
-        def send():
-            for _, tensor in named:
-                broadcast(holder["group"], tensor.contiguous())
+    def version():
+        return run(_with_client(server, lambda c: c.request(server.spec.url, "/get_model_info", method="GET")))
 
-        sender = threading.Thread(target=send)
-        sender.start()
-        await client.update_weights_from_distributed([n for n, _ in named], [str(t.dtype) for _, t in named],
-                                                     [list(t.shape) for _, t in named], group_name="push")
-        sender.join()
-        results["distributed"] = await greedy_ids(client)
-        await client.request(server.spec.url, "/destroy_weights_update_group", {"group_name": "push"})
-        await client.update_weights_from_disk(str(base))
-        results["restored"] = await greedy_ids(client)
-        with pytest.raises(ServerError, match="HTTP 400.*unknown weight 'model.bogus'"):
-            await client.update_weights_from_tensor([("model.bogus", torch.zeros(2))])
-        return results
+    before = greedy()
+    weights.update_from_tensor(named, flush_cache=True, version="v1")
+    tensor, v1 = greedy(), version()["weight_version"]
+    weights.update_from_disk(str(base))
+    disk = greedy()
+    port, holder = free_port(), {}
+    joined = threading.Thread(target=lambda: holder.update(group=new_group("127.0.0.1", port, 0, 2, "push", "gloo")[0]))
+    joined.start()
+    weights.init_group("127.0.0.1", port, "push", "gloo")
+    joined.join()
+    sender = threading.Thread(target=lambda: [broadcast(holder["group"], t.contiguous()) for _, t in named])
+    sender.start()
+    weights.update_from_distributed(named, "push", flush_cache=True, version="v2")
+    sender.join()
+    distributed = greedy()
+    run(_with_client(server, lambda c: c.request(server.spec.url, "/destroy_weights_update_group",
+                                                 {"group_name": "push"})))
+    weights.update_from_disk(str(base))
+    restored = greedy()
+    with pytest.raises(ServerError, match="HTTP 400.*unknown weight 'model.bogus'"):
+        weights.update_from_tensor([("model.bogus", torch.zeros(2))], flush_cache=True, version="v3")
+    assert before == expected_base and v1 == "v1"
+    assert tensor == expected_other == distributed != expected_base
+    assert disk == expected_base == restored
 
-    results = run(_with_client(server, go))
-    assert results["before"] == expected_base and results["version"] == "v1"
-    assert results["tensor"] == expected_other == results["distributed"] != expected_base
-    assert results["disk"] == expected_base == results["restored"]
+
+def test_weight_group_backend_follows_the_device_and_is_sent_as_sglang_names_it(server):
+    """Split placement with GPU servers needs NCCL: the backend goes in /init_weights_update_group's `backend`
+    field (SGLang defaults it to nccl). The embedded engine is CPU-only, so it refuses nccl, naming the field's
+    value, and a request without the field (SGLang's default) alike."""
+    assert backend_for(torch.device("cuda", 0)) == "nccl" and backend_for(torch.device("cpu")) == "gloo"
+    weights = WeightServers([server.spec.url])
+    with pytest.raises(ServerError, match="backend 'nccl': the embedded engine runs on CPU"):
+        weights.init_group("127.0.0.1", free_port(), "nccl-group", "nccl")
+    body = {"master_address": "127.0.0.1", "master_port": free_port(), "rank_offset": 1, "world_size": 2}
+    with pytest.raises(ServerError, match="backend 'nccl'"):
+        run(_with_client(server, lambda c: c.request(server.spec.url, "/init_weights_update_group", body)))
 
 
 def test_release_and_resume_memory_then_reload(server, models):
@@ -171,10 +182,11 @@ def test_release_and_resume_memory_then_reload(server, models):
         await client.release_memory()
         refused = await client.generate(PROMPT, GREEDY)
         await client.resume_memory()
-        await client.update_weights_from_disk(str(models[0]))
-        return before, refused, await greedy_ids(client)
+        return before, refused
 
-    before, refused, after = run(_with_client(server, go))
+    before, refused = run(_with_client(server, go))
+    WeightServers([server.spec.url]).update_from_disk(str(models[0]))
+    after = run(_with_client(server, greedy_ids))
     assert refused["meta_info"]["finish_reason"]["type"] == "abort"
     assert "memory is released" in refused["meta_info"]["finish_reason"]["message"]
     assert after == before
@@ -314,18 +326,14 @@ def test_weight_updates_address_every_tp_rank_of_sglang_servers():
             await web.TCPSite(runner, "127.0.0.1", port).start()
             runners.append(runner)
             urls.append(f"http://127.0.0.1:{port}")
+        weights = WeightServers(urls)
         try:
-            async with SGLangClient(urls) as client:
-                weight = torch.arange(6.0).reshape(2, 3)
-                await client.update_weights_from_tensor([("w", weight)])
-                world = await client.weight_group_size()
-                await client.init_weights_update_group("127.0.0.1", 1234, world)
-                with pytest.raises(ValueError, match="world_size 3 != 1 \\+ the servers' TP ranks \\[2, 1\\]"):
-                    await client.init_weights_update_group("127.0.0.1", 1234, 3)
+            await asyncio.to_thread(weights.update_from_tensor, [("w", torch.arange(6.0).reshape(2, 3))], True, "v")
+            await asyncio.to_thread(weights.init_group, "127.0.0.1", 1234, "weight_update_group", "nccl")
         finally:
             for runner in runners:
                 await runner.cleanup()
-        return world
+        return weights.group_size()
 
     assert run(go()) == 4
     assert sorted((tp, n) for tp, n, _ in seen["tensors"]) == [(1, 1), (2, 2)]
@@ -364,7 +372,7 @@ def test_stopping_the_launcher_kills_the_process_group(models, tmp_path):
 
 
 def test_chat_completions_return_parsed_tool_calls(tmp_path):
-    from rlpost.testing.checkpoints import make_scripted_checkpoint
+    from rlpost.testing.tiny_models import make_scripted_checkpoint
 
     call = '{"name": "calc", "arguments": {"x": 7}}'
     path = make_scripted_checkpoint(tmp_path / "scripted", ["<tool_call>", call, "</tool_call>"])

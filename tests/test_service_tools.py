@@ -1,6 +1,6 @@
 """Tools that call services, loaded from verl's tool YAML unchanged: SandboxFusionTool against `rlpost serve sandbox`,
 SearchTool against a loopback double of Search-R1's retrieval server (which needs a GPU index and cannot run here),
-retries, and the token-bucket rate limit, shared across Ray workers (rlpost.cluster.rate_limit)."""
+retries, and the token-bucket rate limit, shared across Ray workers (rlpost.cluster.shared_rate_limit)."""
 
 import asyncio
 import contextlib
@@ -187,7 +187,7 @@ def test_the_rate_limit_is_shared_by_workers_across_processes():
             return True
 
         def times(self, n: int) -> list[float]:
-            from rlpost.cluster.rate_limit import share_rate_limits
+            from rlpost.cluster.shared_rate_limit import share_rate_limits
             from rlpost.tools.rate_limit import acquire
 
             share_rate_limits()

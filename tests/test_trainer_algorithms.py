@@ -69,7 +69,7 @@ def test_remax_with_dapo_options_and_validation(tiny):
 def test_multi_turn_rollout_with_tools_trains(tiny, tmp_path):
     """GSM8K rows carry tools_kwargs (the ground truth for calc_gsm8k_reward); a scripted policy calls the tool at
     every turn. Two steps train on the tool conversations, and samples.jsonl shows the calls."""
-    from rlpost.testing.checkpoints import make_scripted_checkpoint
+    from rlpost.testing.tiny_models import make_scripted_checkpoint
 
     call = '{"name": "calc_gsm8k_reward", "arguments": {"answer": "7"}}'
     model = make_scripted_checkpoint(tmp_path / "caller", ["<tool_call>", call, "</tool_call>"])

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from rlpost.config import load_config
-from rlpost.config.schema import OverlongBufferConfig
+from rlpost.config.schema import OverlongBufferConfig, RewardConfig
+from rlpost.rewards.reward import Reward, overlong_penalty
 from rlpost.rollout.generate import Sample, to_batch
-from rlpost.trainer.advantage import compute_advantage
-from rlpost.trainer.scoring import overlong_penalty, token_level_scores, varied_groups
+from rlpost.rollout.rollout import varied_groups
+from rlpost.trainer.advantage import add_advantages
 
 
 def sample(prompt, response, uid, score=None, logprobs=None):
@@ -29,13 +30,10 @@ def test_samples_pack_right_padded_with_masks_on_the_predicting_positions():
 
 def test_score_lands_on_the_position_predicting_the_last_response_token():
     batch = to_batch([sample([1, 2, 3], [4, 5], "a", 1.5), sample([6], [7, 8, 9], "b", -1.0)], pad_token_id=0)
-    assert token_level_scores(batch).tolist() == [[0, 0, 0, 1.5], [0, 0, -1.0, 0]]
+    assert batch["token_level_scores"].tolist() == [[0, 0, 0, 1.5], [0, 0, -1.0, 0]]
 
 
 def test_multi_turn_scores_reach_the_reward_function_in_extra_info(tmp_path):
-    from rlpost.rewards.registry import RewardScorer
-    from rlpost.trainer.scoring import score_samples
-
     (tmp_path / "reward.py").write_text(
         "def by_interaction(data_source, solution_str, ground_truth, extra_info=None, **_):\n"
         "    scores = extra_info['rollout_reward_scores']\n"
@@ -44,10 +42,11 @@ def test_multi_turn_scores_reach_the_reward_function_in_extra_info(tmp_path):
               "num_turns": 3}
     fields = {"uid": "a", "data_source": "d", "ground_truth": "1", "extra_info": {"row": 10.0}, "num_turns": 3,
               "rollout_reward_scores": scores}
-    s = Sample([1], [2], [-0.1], [1], "text", "stop", fields)
-    score_samples([s], RewardScorer(f"{tmp_path / 'reward.py'}:by_interaction"), 16, OverlongBufferConfig(False, 4, 1.0))
-    assert s.fields["score"] == pytest.approx(10.95)
-    assert "rollout_reward_scores" not in s.fields["extra_info"]  # the row's own extra_info is left as it was
+    reward = Reward(RewardConfig(f"{tmp_path / 'reward.py'}:by_interaction", {}, OverlongBufferConfig(False, 4, 1.0)),
+                    max_response_length=16)
+    [result] = reward(["text"], [fields], [1])
+    assert result == {"score": pytest.approx(10.95)}
+    assert "rollout_reward_scores" not in fields["extra_info"]  # the row's own extra_info is left as it was
 
 
 def test_overlong_penalty_is_linear_over_the_buffer():
@@ -68,8 +67,7 @@ def test_grpo_advantages_from_the_batch():
     samples = [sample([1, 2], [3, 4], "a", 1.0), sample([1, 2], [3], "a", 0.0), sample([5], [6, 7], "b", 2.0),
                sample([5], [6], "b", 2.0)]
     batch = to_batch(samples, pad_token_id=0)
-    batch["token_level_scores"] = token_level_scores(batch)
-    assert compute_advantage(batch, cfg, kl_coef=0.0) == {}
+    assert add_advantages(batch, cfg, kl_coef=0.0) == {}
     # group a: scores 1, 0 -> mean 0.5, std (unbiased) 0.7071 -> +-0.7071; group b: equal scores -> 0
     expected = torch.tensor([0.5, -0.5, 0.0, 0.0]) / torch.tensor([0.5 ** 0.5 + 1e-6, 0.5 ** 0.5 + 1e-6, 1e-6 + 1, 1])
     per_sample = (batch["advantages"] * batch["loss_mask"]).sum(-1) / batch["loss_mask"].sum(-1)

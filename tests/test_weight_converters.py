@@ -12,7 +12,7 @@ from rlpost.models.weights import (
     ModelDims, hf_names_for_rank, hf_to_megatron_shard, megatron_param_names, megatron_to_hf, padded_vocab,
     stage_layers,
 )
-from rlpost.testing.checkpoints import tiny_config
+from rlpost.testing.tiny_models import tiny_config
 
 VOCAB = 500  # not a multiple of 8 * tp for any tp used here, so every layout pads
 

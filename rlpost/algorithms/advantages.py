@@ -8,6 +8,7 @@ Outcome-reward estimators (grpo, rloo, ...) score a sample by the sum of its tok
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -16,7 +17,17 @@ import torch
 from rlpost.algorithms.masked import masked_whiten
 from rlpost.registry import Registry
 
-ADV_ESTIMATORS: Registry = Registry("advantage estimator")
+
+@dataclass(frozen=True)
+class EstimatorFacts:
+    """What an estimator needs besides the samples' rewards; the trainer and the config check ask these."""
+
+    needs_critic: bool = False  # values from a critic (which then trains too)
+    needs_groups: bool = False  # several samples per prompt to compare
+    needs_greedy_baseline: bool = False  # each prompt's greedy response, scored (reward_baselines)
+
+
+ADV_ESTIMATORS: Registry = Registry("advantage estimator", EstimatorFacts)
 
 
 def group_ids(index: Sequence | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -48,7 +59,7 @@ def _broadcast(per_sample: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return per_sample.unsqueeze(-1) * mask
 
 
-@ADV_ESTIMATORS.register("gae")
+@ADV_ESTIMATORS.register("gae", needs_critic=True)
 def gae(token_level_rewards, response_mask, values, gamma: float, lam: float, **_):
     """Generalised advantage estimation. Masked positions (tool output inside a multi-turn response) are skipped:
     they neither bootstrap a value nor reset the running estimate."""
@@ -66,7 +77,7 @@ def gae(token_level_rewards, response_mask, values, gamma: float, lam: float, **
     return masked_whiten(out, mask) * mask, returns * mask
 
 
-@ADV_ESTIMATORS.register("grpo")
+@ADV_ESTIMATORS.register("grpo", needs_groups=True)
 def grpo(token_level_rewards, response_mask, index, norm_adv_by_std: bool = True, eps: float = 1e-6, **_):
     """GRPO: score minus group mean, divided by group std unless norm_adv_by_std is off (Dr. GRPO)."""
     scores = token_level_rewards.sum(-1)
@@ -78,7 +89,7 @@ def grpo(token_level_rewards, response_mask, index, norm_adv_by_std: bool = True
     return adv, adv
 
 
-@ADV_ESTIMATORS.register("rloo")
+@ADV_ESTIMATORS.register("rloo", needs_groups=True)
 def rloo(token_level_rewards, response_mask, index, **_):
     """Leave-one-out baseline: each score minus the mean of the other samples of its prompt."""
     scores = token_level_rewards.sum(-1)
@@ -103,7 +114,7 @@ def reinforce_plus_plus(token_level_rewards, response_mask, gamma: float, **_):
     return masked_whiten(returns, mask) * mask, returns * mask
 
 
-@ADV_ESTIMATORS.register("reinforce_plus_plus_baseline")
+@ADV_ESTIMATORS.register("reinforce_plus_plus_baseline", needs_groups=True)
 def reinforce_plus_plus_baseline(token_level_rewards, response_mask, index, **_):
     """Group-mean baseline, then whitening across the whole batch instead of per group."""
     mask = response_mask.to(token_level_rewards.dtype)
@@ -113,7 +124,7 @@ def reinforce_plus_plus_baseline(token_level_rewards, response_mask, index, **_)
     return adv, adv
 
 
-@ADV_ESTIMATORS.register("remax")
+@ADV_ESTIMATORS.register("remax", needs_greedy_baseline=True)
 def remax(token_level_rewards, response_mask, reward_baselines, **_):
     """ReMax: return-to-go minus the score of the greedy response to the same prompt."""
     mask = response_mask.to(token_level_rewards.dtype)

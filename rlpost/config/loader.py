@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import tempfile
 import types
 import typing
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from rlpost.atomic import atomic_file
 from rlpost.config.schema import RLConfig
 from rlpost.registry import did_you_mean
 
@@ -255,11 +254,8 @@ def config_to_dict(cfg: RLConfig) -> dict:
 def save_config(cfg: RLConfig, path: str | Path) -> Path:
     """Write the resolved config atomically; it loads back as a recipe that needs no other file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".yaml")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     return path
 
 

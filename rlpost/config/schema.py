@@ -75,6 +75,7 @@ class ActorConfig(TrainedRoleConfig):
     use_kl_loss: bool
     kl_loss_coef: float = rule(min=0.0)
     kl_loss_type: str = rule(choices=KL_ESTIMATORS.names)
+    loss_scale_factor: Optional[float] = rule(gt=0.0)
 
 
 @dataclass

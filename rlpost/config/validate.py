@@ -4,30 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlpost.algorithms import POLICY_LOSSES
+from rlpost.config.derived import estimator, rollout_devices, training_devices
 from rlpost.config.schema import RLConfig
-
-GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_plus_plus_baseline")
-
-
-def training_devices(cfg: RLConfig) -> int:
-    total = cfg.cluster.n_nodes * cfg.cluster.n_gpus_per_node
-    return total - cfg.cluster.rollout_n_gpus if cfg.cluster.placement == "split" else total
-
-
-def rollout_devices(cfg: RLConfig) -> int:
-    return cfg.cluster.rollout_n_gpus if cfg.cluster.placement == "split" else training_devices(cfg)
-
-
-def uses_critic(cfg: RLConfig) -> bool:
-    return cfg.algorithm.adv_estimator == "gae"
-
-
-def recomputes_old_log_probs(cfg: RLConfig) -> bool:
-    """A separate forward pass for old log-probs is needed unless the actor takes exactly one optimizer step per
-    batch: then they equal the update forward's own log-probs (detached), which the loss uses instead. KL in the
-    reward needs them before the advantages, so it keeps the pass."""
-    one_step = cfg.actor.ppo_epochs == 1 and cfg.actor.ppo_mini_batch_size == cfg.data.train_batch_size
-    return not one_step or cfg.algorithm.use_kl_in_reward
 
 
 def _cluster(cfg: RLConfig) -> list[str]:
@@ -114,13 +93,19 @@ def cross_check(cfg: RLConfig, check_files: bool = True) -> list[str]:
     problems = _cluster(cfg)
     if problems:
         return problems
+    if cfg.cluster.placement == "colocated" and cfg.rollout.engine == "sglang":
+        problems.append("rollout.engine = sglang runs with cluster.placement = split only: the colocated hybrid engine "
+                        "(SGLang on the training GPUs, memory handed over with /release_memory_occupation, weights "
+                        "pushed as CUDA IPC handles) is not implemented; set cluster.placement=split with "
+                        "cluster.rollout_n_gpus, or rollout.engine=embedded")
     devices = training_devices(cfg)
-    problems += _layout(cfg, "actor", cfg.actor.tp, cfg.actor.pp, devices)
-    if not problems:
+    actor_layout = _layout(cfg, "actor", cfg.actor.tp, cfg.actor.pp, devices)
+    problems += actor_layout
+    if not actor_layout:
         dp = devices // (cfg.actor.tp * cfg.actor.pp)
         a = cfg.actor
         problems += _batches(cfg, "actor", a.ppo_mini_batch_size, a.micro_batch_size, a.max_tokens_per_micro_batch, dp)
-    if uses_critic(cfg):
+    if estimator(cfg).needs_critic:
         c = cfg.critic
         critic_layout = _layout(cfg, "critic", c.tp, c.pp, devices)
         problems += critic_layout
@@ -139,12 +124,17 @@ def cross_check(cfg: RLConfig, check_files: bool = True) -> list[str]:
         problems.append(f"rollout.infer_tp = {cfg.rollout.infer_tp} does not divide the {rollout_devices(cfg)} "
                         f"rollout devices")
     est, sampling = cfg.algorithm.adv_estimator, cfg.rollout.sampling
-    if est in GROUP_ESTIMATORS and sampling.n < 2:
+    if estimator(cfg).needs_groups and sampling.n < 2:
         problems.append(f"rollout.sampling.n = {sampling.n}: algorithm.adv_estimator={est} compares samples of the "
                         f"same prompt and needs n >= 2")
-    if est in GROUP_ESTIMATORS and sampling.temperature == 0 and sampling.n > 1:
+    if estimator(cfg).needs_groups and sampling.temperature == 0 and sampling.n > 1:
         problems.append(f"rollout.sampling.temperature = 0 makes all {sampling.n} samples of a prompt identical, "
                         f"so every {est} advantage is 0")
+    required = POLICY_LOSSES.facts(cfg.actor.policy_loss).loss_agg_mode
+    if required is not None and cfg.actor.loss_agg_mode != required:
+        problems.append(f"actor.policy_loss = {cfg.actor.policy_loss} is defined with actor.loss_agg_mode = {required} "
+                        f"(verl always aggregates it so), got {cfg.actor.loss_agg_mode}; set "
+                        f"actor.loss_agg_mode={required} or use the '{cfg.actor.policy_loss}' preset")
     mt = cfg.rollout.multi_turn
     if mt.enable and mt.tool_config_path is None and mt.interaction_config_path is None:
         problems.append("rollout.multi_turn.enable = true needs rollout.multi_turn.tool_config_path or "

@@ -1,13 +1,15 @@
-"""PromptSamples -> Batch: left-padded prompt ids for generation plus per-sample fields for rewards and tools."""
+"""PromptSamples -> Batch: left-padded prompt ids for generation plus per-sample fields for rewards and tools; the
+streams of such batches a run draws from."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
 from rlpost.batch import Batch
-from rlpost.data.dataset import PromptSample
+from rlpost.data.dataset import PromptSample, RLDataset
+from rlpost.data.sampler import BatchSampler
 
 
 def collate(samples: Sequence[PromptSample], pad_token_id: int) -> Batch:
@@ -29,3 +31,24 @@ def collate(samples: Sequence[PromptSample], pad_token_id: int) -> Batch:
             "images": [s.images for s in samples],
         },
     )
+
+
+class PromptBatches:
+    """Collated prompt batches in the sampler's order, one per generation round (dynamic sampling pulls more than
+    one per step); the sampler's state is what a checkpoint keeps."""
+
+    def __init__(self, dataset: RLDataset, sampler: BatchSampler, pad_token_id: int):
+        self.dataset, self.sampler, self.pad_token_id = dataset, sampler, pad_token_id
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        return collate([self.dataset[i] for i in next(self.sampler)], self.pad_token_id)
+
+
+def in_order(dataset: RLDataset, batch_size: int, limit: int | None, pad_token_id: int) -> Iterator[Batch]:
+    """The first `limit` prompts (all when None), in file order, batch_size at a time: a validation pass."""
+    n = min(len(dataset), limit or len(dataset))
+    for start in range(0, n, batch_size):
+        yield collate([dataset[i] for i in range(start, min(start + batch_size, n))], pad_token_id)

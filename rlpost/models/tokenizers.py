@@ -7,7 +7,8 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from rlpost.assets import atomic_directory, cache_dir, package_file
+from rlpost.assets import cache_dir, package_file
+from rlpost.atomic import atomic_directory
 from rlpost.registry import did_you_mean
 
 PACKAGED_TOKENIZERS = {"qwen2.5": "qwen-2.5", "qwen3": "qwen-3"}

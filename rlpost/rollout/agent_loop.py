@@ -19,16 +19,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from rlpost.rollout.chat import ChatTokens
-from rlpost.rollout.client import SGLangClient
 from rlpost.batch import Batch
 from rlpost.registry import did_you_mean
+from rlpost.rollout.chat import ChatTokens
+from rlpost.rollout.client import SGLangClient
 from rlpost.rollout.generate import Sample, parse_answer, sample_seed
 from rlpost.rollout.tool_parser import parse_tool_calls
 from rlpost.tools import openai_schemas
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AgentSettings:
     """rollout.multi_turn, plus the response budget (data.max_response_length)."""
 
@@ -56,7 +56,7 @@ def truncate_tool_text(text: str, limit: int, side: str) -> str:
 class Trajectory:
     """One sample's conversation with its tools and interaction."""
 
-    def __init__(self, client: SGLangClient, tokenizer, messages: list[dict], tools: dict[str, Any],
+    def __init__(self, client: SGLangClient, tokenizer, messages: list[dict], *, tools: dict[str, Any],
                  interaction, fields: dict, settings: AgentSettings, sampling: dict):
         self.client, self.tokenizer, self.tools, self.interaction = client, tokenizer, tools, interaction
         self.fields, self.settings, self.sampling = fields, settings, sampling
@@ -217,12 +217,12 @@ def pick_interaction(interactions: dict[str, Any], kwargs: dict, uid: str):
     return interactions[name]
 
 
-async def generate_multi_turn(client: SGLangClient, tokenizer, prompts: Batch, n: int, sampling: dict,
+async def generate_multi_turn(client: SGLangClient, tokenizer, prompts: Batch, *, n: int, sampling: dict,
                               settings: AgentSettings, tools: dict[str, Any], interactions: dict[str, Any],
-                              seed: int | None = None, step: int = 0,
+                              seed: int | None = None, key: tuple = (),
                               on_sample_done: Callable[[], object] | None = None) -> list[Sample]:
-    """n trajectories per prompt, all concurrently; samples of a prompt are adjacent. tools_kwargs and
-    interaction_kwargs come from each row's extra_info (verl's layout)."""
+    """n trajectories per prompt, all concurrently; samples of a prompt are adjacent, sample k of a prompt seeded
+    from (seed, *key, uid, k). tools_kwargs and interaction_kwargs come from each row's extra_info (verl's layout)."""
 
     async def one(i: int, k: int) -> Sample:
         fields = {key: values[i] for key, values in prompts.fields.items()}
@@ -232,9 +232,9 @@ async def generate_multi_turn(client: SGLangClient, tokenizer, prompts: Batch, n
         interaction = pick_interaction(interactions, fields["interaction_kwargs"], str(fields.get("uid")))
         params = dict(sampling)
         if seed is not None:
-            params["sampling_seed"] = sample_seed(seed, step, f"{fields.get('uid')}:{k}")
-        sample = await Trajectory(client, tokenizer, fields["messages"], tools, interaction, fields, settings,
-                                  params).run()
+            params["sampling_seed"] = sample_seed(seed, *key, fields.get("uid"), k)
+        sample = await Trajectory(client, tokenizer, fields["messages"], tools=tools, interaction=interaction,
+                                  fields=fields, settings=settings, sampling=params).run()
         if on_sample_done is not None:
             on_sample_done()
         return sample

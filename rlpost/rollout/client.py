@@ -4,25 +4,24 @@ One pooled HTTP session for all servers; requests go to the server with the fewe
 a conversation (session id) sticks to the server that holds its prefix cache. Failures to connect are retried with
 exponential backoff (the request never arrived, so nothing runs twice); a server that stays unreachable is skipped
 for a while. A dropped connection or a timeout mid-request is not retried, and HTTP errors raise ServerError with
-the server's message. Weight pushes go to every server.
+the server's message. Memory and flow-control calls go to every server; weight pushes are the resharder's
+(rlpost.resharding.servers).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import itertools
 import json
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from multiprocessing.reduction import ForkingPickler
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator
 
 import aiohttp
-import torch
+
+from rlpost.protocol.wire import ServerError, decode_body, error_message
 
 log = logging.getLogger(__name__)
 # only failures to connect: the request never reached the server, so sending it again cannot duplicate work
@@ -31,38 +30,10 @@ _HEALTH_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError)
 _UNHEALTHY_FOR_S = 30.0
 
 
-class ServerError(RuntimeError):
-    def __init__(self, url: str, path: str, status: int, message: str):
-        super().__init__(f"{url}{path} answered HTTP {status}: {message}")
-        self.url, self.path, self.status, self.message = url, path, status, message
-
-
-def serialize_named_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """SGLang's wire form for /update_weights_from_tensor: base64 of a ForkingPickler dump, so tensors travel as
-    shared-memory (CPU) or IPC (CUDA) handles rather than bytes. Valid while the sender keeps the tensors alive.
-
-    CPU tensors go through named shared-memory files: the default file-descriptor strategy hands fds over a socket
-    that only processes sharing a multiprocessing auth key (parent and children) may use, and a server is not one.
-    Pickling moves each CPU tensor's storage into /dev/shm in place, so send copies (resharding buckets), size
-    /dev/shm for a bucket (Docker's default is 64 MB), and do not call this from two threads at once (the sharing
-    strategy is process-wide)."""
-    import torch.multiprocessing as mp
-
-    previous = mp.get_sharing_strategy()
-    mp.set_sharing_strategy("file_system")
-    try:
-        buffer = io.BytesIO()
-        ForkingPickler(buffer).dump(list(named))
-    finally:
-        mp.set_sharing_strategy(previous)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 @dataclass
 class _Server:
     url: str
     outstanding: int = 0
-    tp_size: int | None = None  # from /get_server_info, on first need
     down_since: float | None = None  # set when unreachable; the server is tried again after _UNHEALTHY_FOR_S
 
     @property
@@ -134,9 +105,9 @@ class SGLangClient:
                     async with self.session.request(method, server.url + path, json=payload) as response:
                         body = await response.read()
                         if response.status >= 400:
-                            raise ServerError(server.url, path, response.status, _message(body))
+                            raise ServerError(server.url, path, response.status, error_message(body))
                         server.down_since = None
-                        return _decode(body)
+                        return decode_body(body)
                 except _RETRYABLE as e:
                     if attempt == self.max_retries:
                         server.down_since = time.monotonic()
@@ -197,7 +168,7 @@ class SGLangClient:
         try:
             async with self.session.post(server.url + "/generate", json=payload) as response:
                 if response.status >= 400:
-                    raise ServerError(server.url, "/generate", response.status, _message(await response.read()))
+                    raise ServerError(server.url, "/generate", response.status, error_message(await response.read()))
                 async for line in response.content:
                     line = line.strip()
                     if not line.startswith(b"data:"):
@@ -215,55 +186,7 @@ class SGLangClient:
     async def abort(self, rid: str | None = None) -> None:
         await self.broadcast("/abort_request", {"rid": rid or "", "abort_all": rid is None})
 
-    # ---- weights and memory ----------------------------------------------------------------------------------------
-
-    async def tp_sizes(self) -> list[int]:
-        """Each server's tensor-parallel size: weight updates address every TP rank of a server."""
-        for server in self.servers:
-            if server.tp_size is None:
-                server.tp_size = int((await self.request(server, "/get_server_info", method="GET"))["tp_size"])
-        return [s.tp_size for s in self.servers]
-
-    async def update_weights_from_tensor(self, named: list[tuple[str, torch.Tensor]], flush_cache: bool = True,
-                                         weight_version: str | None = None) -> list[dict]:
-        """Full tensors to every server. A server's TP rank r reads entry r of the list; each gets the same
-        shared-memory handles and slices its own shard."""
-        serialized = serialize_named_tensors(named)
-        calls = [self.request(s, "/update_weights_from_tensor", {
-            "serialized_named_tensors": [serialized] * tp, "load_format": None, "flush_cache": flush_cache,
-            "weight_version": weight_version}) for s, tp in zip(self.servers, await self.tp_sizes())]
-        return _checked(list(await asyncio.gather(*calls)))
-
-    async def update_weights_from_disk(self, model_path: str, weight_version: str | None = None) -> list[dict]:
-        return _checked(await self.broadcast("/update_weights_from_disk",
-                                             {"model_path": model_path, "weight_version": weight_version}))
-
-    async def weight_group_size(self) -> int:
-        """Ranks of the weight-update group: the caller plus every TP rank of every server."""
-        return 1 + sum(await self.tp_sizes())
-
-    async def init_weights_update_group(self, master_address: str, master_port: int, world_size: int,
-                                        group_name: str = "weight_update_group", backend: str = "gloo") -> list[dict]:
-        """Every server joins one group with the caller at rank 0; a server's TP ranks take consecutive ranks from
-        its rank_offset."""
-        sizes = await self.tp_sizes()
-        if world_size != 1 + sum(sizes):
-            raise ValueError(f"world_size {world_size} != 1 + the servers' TP ranks {sizes}")
-        offsets = itertools.accumulate([1] + sizes[:-1])
-        calls = [
-            self.request(s, "/init_weights_update_group", {
-                "master_address": master_address, "master_port": master_port, "rank_offset": offset,
-                "world_size": world_size, "group_name": group_name, "backend": backend})
-            for s, offset in zip(self.servers, offsets)
-        ]
-        return _checked(list(await asyncio.gather(*calls)))
-
-    async def update_weights_from_distributed(self, names: list[str], dtypes: list[str], shapes: list[list[int]],
-                                              group_name: str = "weight_update_group", flush_cache: bool = True,
-                                              weight_version: str | None = None) -> list[dict]:
-        payload = {"names": names, "dtypes": dtypes, "shapes": shapes, "group_name": group_name,
-                   "flush_cache": flush_cache, "weight_version": weight_version}
-        return _checked(await self.broadcast("/update_weights_from_distributed", payload))
+    # ---- memory and flow control --------------------------------------------------------------------------------
 
     async def release_memory(self, tags: list[str] | None = None) -> None:
         await self.broadcast("/release_memory_occupation", {"tags": tags})
@@ -279,31 +202,3 @@ class SGLangClient:
 
     async def flush_cache(self) -> None:
         await self.broadcast("/flush_cache", {})
-
-
-def _decode(body: bytes) -> Any:
-    if not body:
-        return None
-    try:
-        return json.loads(body)
-    except json.JSONDecodeError:
-        return body.decode(errors="replace")
-
-
-def _message(body: bytes) -> str:
-    data = _decode(body)
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and "message" in error:
-            return str(error["message"])
-        for key in ("message", "detail"):
-            if key in data:
-                return str(data[key])
-    return str(data)
-
-
-def _checked(results: list[dict]) -> list[dict]:
-    failed = [r for r in results if not (isinstance(r, dict) and r.get("success"))]
-    if failed:
-        raise RuntimeError(f"weight update failed: {failed[0]}")
-    return results

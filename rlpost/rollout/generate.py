@@ -37,9 +37,10 @@ def prompt_token_ids(prompts: Batch) -> list[list[int]]:
     return [row[mask.bool()].tolist() for row, mask in zip(prompts["prompt_ids"], prompts["prompt_mask"])]
 
 
-def sample_seed(seed: int, step: int, uid: str) -> int:
-    """A per-prompt sampling seed that does not depend on scheduling, so a resumed run samples the same tokens."""
-    digest = hashlib.blake2b(f"{seed}:{step}:{uid}".encode(), digest_size=4).digest()
+def sample_seed(seed: int, *key) -> int:
+    """A sampling seed from the run's seed and what is being sampled (phase, step, round, prompt uid, sample), not
+    from scheduling, so a resumed run samples the same tokens."""
+    digest = hashlib.blake2b(":".join(map(str, (seed, *key))).encode(), digest_size=4).digest()
     return int.from_bytes(digest, "little")
 
 
@@ -51,17 +52,17 @@ def parse_answer(answer: dict) -> tuple[list[int], list[float], str]:
     return [int(p[1]) for p in pairs], [float(p[0]) for p in pairs], finish_reason
 
 
-async def generate(client: SGLangClient, prompts: Batch, n: int, sampling: dict, max_new_tokens: int,
-                   seed: int | None = None, step: int = 0, on_prompt_done: Callable[[], object] | None = None,
+async def generate(client: SGLangClient, prompts: Batch, *, n: int, sampling: dict, max_new_tokens: int,
+                   seed: int | None = None, key: tuple = (), on_prompt_done: Callable[[], object] | None = None,
                    ) -> list[Sample]:
     """n samples per prompt (one request per prompt, so servers share the load); samples of a prompt are adjacent.
-    on_prompt_done is called as each prompt's samples arrive (a progress bar)."""
+    Seeds come from (seed, *key, uid). on_prompt_done is called as each prompt's samples arrive (a progress bar)."""
     ids, per_sample = prompt_token_ids(prompts), prompts.fields
 
     async def one(i: int) -> list[Sample]:
         params = {**sampling, "max_new_tokens": max_new_tokens, "n": n}
         if seed is not None:
-            params["sampling_seed"] = sample_seed(seed, step, str(per_sample["uid"][i]))
+            params["sampling_seed"] = sample_seed(seed, *key, per_sample["uid"][i])
         answer = await client.generate(ids[i], params, return_logprob=True)
         answers = answer if isinstance(answer, list) else [answer]
         if len(answers) != n:
@@ -80,7 +81,8 @@ async def generate(client: SGLangClient, prompts: Batch, n: int, sampling: dict,
 
 
 def to_batch(samples: list[Sample], pad_token_id: int) -> Batch:
-    """Samples -> the training Batch (see the module docstring)."""
+    """Samples -> the training Batch (see the module docstring); a scored sample's score lands in
+    `token_level_scores` at the position that predicts its last response token."""
     lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
     width = max(lengths)
     n = len(samples)
@@ -93,12 +95,15 @@ def to_batch(samples: list[Sample], pad_token_id: int) -> Batch:
         # the token at position p + t is predicted at position p + t - 1
         loss_mask[row, p - 1: p - 1 + r] = torch.tensor(s.response_mask, dtype=loss_mask.dtype)
         rollout_lp[row, p - 1: p - 1 + r] = torch.tensor(s.response_log_probs, dtype=rollout_lp.dtype)
+    tensors = {"input_ids": input_ids, "lengths": torch.tensor(lengths),
+               "prompt_lengths": torch.tensor([len(s.prompt_ids) for s in samples]),
+               "response_lengths": torch.tensor([len(s.response_ids) for s in samples]),
+               "loss_mask": loss_mask, "rollout_log_probs": rollout_lp}
+    if all("score" in s.fields for s in samples):
+        scores = torch.zeros(n, width - 1)
+        scores[torch.arange(n), torch.tensor(lengths) - 2] = torch.tensor([s.fields["score"] for s in samples])
+        tensors["token_level_scores"] = scores
     keys = samples[0].fields.keys()
-    return Batch(
-        tensors={"input_ids": input_ids, "lengths": torch.tensor(lengths),
-                 "prompt_lengths": torch.tensor([len(s.prompt_ids) for s in samples]),
-                 "response_lengths": torch.tensor([len(s.response_ids) for s in samples]),
-                 "loss_mask": loss_mask, "rollout_log_probs": rollout_lp},
-        fields={**{k: [s.fields[k] for s in samples] for k in keys},
-                "response_text": [s.text for s in samples], "finish_reason": [s.finish_reason for s in samples]},
-    )
+    return Batch(tensors=tensors,
+                 fields={**{k: [s.fields[k] for s in samples] for k in keys},
+                         "response_text": [s.text for s in samples], "finish_reason": [s.finish_reason for s in samples]})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rlpost.data.io import write_rows
 from rlpost.data.preprocess.gsm8k import make_row
-from rlpost.testing.checkpoints import make_tiny_checkpoint
+from rlpost.testing.tiny_models import make_tiny_checkpoint
 
 
 def make_tiny_run(root: str | Path, arch: str = "qwen2", n_train: int = 16, n_val: int = 4, **model) -> dict:

@@ -1,5 +1,5 @@
 """Request-rate limits for tools that call shared services (a code sandbox, a retriever): one token bucket per
-service URL. Within a Ray job the buckets are shared by every process (rlpost.cluster.rate_limit plugs that in), so
+service URL. Within a Ray job the buckets are shared by every process (rlpost.cluster.shared_rate_limit plugs that in), so
 N rollout workers together stay under the service's rate, not N times it; otherwise each process has its own."""
 
 from __future__ import annotations

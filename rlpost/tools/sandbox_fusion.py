@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlpost.services.sandbox.protocol import LANGUAGES
+from rlpost.protocol.sandbox_fusion import LANGUAGES
 from rlpost.tools.base import ToolResponse
 from rlpost.tools.http import ServiceError, ServiceTool, is_int, is_number
 from rlpost.tools.schema import ToolSchema

@@ -7,8 +7,8 @@ from rlpost.batch import Batch
 from rlpost.config.schema import AlgorithmConfig
 
 
-def compute_advantage(batch: Batch, cfg: AlgorithmConfig, kl_coef: float) -> dict:
-    """Adds `token_level_rewards`, `advantages` and `returns`; returns metrics (the KL in the reward, if any)."""
+def add_advantages(batch: Batch, cfg: AlgorithmConfig, kl_coef: float) -> dict:
+    """Adds `token_level_rewards`, `advantages` and `returns` to the batch; returns metrics (the KL in the reward)."""
     rewards, metrics = batch["token_level_scores"], {}
     if cfg.use_kl_in_reward:
         rewards, kl = apply_kl_in_reward(rewards, batch["loss_mask"], batch["old_log_probs"], batch["ref_log_probs"],
@@ -24,4 +24,3 @@ def compute_advantage(batch: Batch, cfg: AlgorithmConfig, kl_coef: float) -> dic
     advantages, returns = compute_advantages(cfg.adv_estimator, **inputs)
     batch["advantages"], batch["returns"] = advantages.float(), returns.float()
     return metrics
-

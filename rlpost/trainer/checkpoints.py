@@ -1,13 +1,17 @@
 """Run checkpoints: runs/<project>/<experiment>/checkpoints/step_<k>/ holds the workers' megatron checkpoints and
-the driver's state (trainer_state.json, written last). A step directory is built under a .partial name and renamed
-when complete, so a run killed mid-save leaves the previous checkpoint as the latest good one."""
+the driver's state (trainer_state.json). A step directory is built under a hidden name and renamed when complete
+(rlpost.atomic), so a run killed mid-save leaves the previous checkpoint as the latest good one."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+from rlpost.atomic import atomic_directory
 
 STATE = "trainer_state.json"
 _STEP = re.compile(r"^step_(\d+)$")
@@ -37,22 +41,21 @@ def resume_path(resume: str, run_dir: Path) -> Path | None:
     return path
 
 
-def begin(run_dir: Path, step: int) -> Path:
-    """A fresh .partial directory for step's checkpoint (a leftover from a killed save is removed)."""
-    partial = checkpoint_root(run_dir) / f".step_{step:06d}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    return partial
-
-
-def commit(partial: Path, step: int, state: dict, keep_last: int) -> Path:
-    (partial / STATE).write_text(json.dumps(state, indent=1))
-    final = partial.parent / f"step_{step:06d}"
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
-    for _, old in complete_checkpoints(partial.parent)[:-keep_last]:
+@contextmanager
+def checkpoint(run_dir: Path, step: int, keep_last: int) -> Iterator[Path]:
+    """The directory to save step's checkpoint into; on leaving the block the caller has written STATE there, the
+    directory replaces any earlier one of that step and only the newest keep_last complete checkpoints remain."""
+    root = checkpoint_root(run_dir)
+    with atomic_directory(root / f"step_{step:06d}", replace=True) as partial:
+        yield partial
+        if not (partial / STATE).is_file():
+            raise RuntimeError(f"checkpoint of step {step} was not given its {STATE}")
+    for _, old in complete_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old)
-    return final
+
+
+def write_state(directory: Path, state: dict) -> None:
+    (directory / STATE).write_text(json.dumps(state, indent=1))
 
 
 def load_state(path: Path) -> dict:

@@ -1,6 +1,6 @@
 """Where the roles run. Colocated: one pool; each device hosts actor (+ reference, + critic) and, on the first rank
 of each inference replica, a rollout engine. Split: training devices and rollout devices form separate pools; one
-server per infer_tp rollout devices."""
+server per infer_tp rollout devices. Either way the training workers then connect their weight sync to the engines."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from rlpost.cluster.resources import ResourcePool
 from rlpost.cluster.worker_group import WorkerGroup
 from rlpost.config.schema import RLConfig
-from rlpost.config.validate import rollout_devices, training_devices
+from rlpost.config.derived import rollout_devices, training_devices
 from rlpost.workers.rollout import RolloutWorker
 from rlpost.workers.train_worker import TrainWorker
 
@@ -56,6 +56,7 @@ def place(cfg: RLConfig, model_dirs: dict[str, str], total_steps: int, roles: li
             placement.server_urls = placement.rollout.call("url")
         else:
             placement.server_urls = [u for u in train.call("start_engine", context_length) if u is not None]
+        train.call("connect_rollout", placement.server_urls if split else None)
     except BaseException:
         placement.shutdown()
         raise

@@ -1,22 +1,21 @@
-"""Validation: the validation prompts (or their first data.val_max_samples) with rollout.val_sampling, scored by
-the same rules; mean reward (and accuracy, when the reward function reports `acc`) per data_source."""
+"""Validation: the validation prompts (or their first data.val_max_samples) with rollout.val_sampling, scored by the
+same reward; mean reward (and accuracy, when the reward function reports `acc`) per data_source."""
 
 from __future__ import annotations
 
-from rlpost.data.collate import collate
+from rlpost.config.schema import RLConfig
+from rlpost.data.collate import in_order
 from rlpost.data.dataset import RLDataset
-from rlpost.trainer.scoring import score_samples
+from rlpost.rewards.reward import Reward
+from rlpost.rollout.rollout import Rollout
 
 
-def validate(trainer, data: RLDataset) -> dict:
-    cfg = trainer.cfg
-    n = min(len(data), cfg.data.val_max_samples or len(data))
-    size = cfg.data.val_batch_size or n
+def validate(rollout: Rollout, data: RLDataset, reward: Reward, cfg: RLConfig, step: int) -> dict:
+    d = cfg.data
     samples = []
-    for start in range(0, n, size):
-        prompts = collate([data[i] for i in range(start, min(start + size, n))], trainer.pad_id)
-        samples += trainer.generate_samples(prompts, cfg.rollout.val_sampling, step_key=-1)
-    score_samples(samples, trainer.scorer, cfg.data.max_response_length, cfg.reward.overlong_buffer)
+    for prompts in in_order(data, d.val_batch_size or len(data), d.val_max_samples, rollout.tokenizer.pad_token_id):
+        samples += rollout.sample(prompts, cfg.rollout.val_sampling, ("val", step))
+    rollout.score(samples, reward)
     by_source: dict[str, list] = {}
     for s in samples:
         by_source.setdefault(s.fields["data_source"], []).append(s)

@@ -2,13 +2,15 @@
 
 Each works on the worker's data-parallel piece of a Batch holding full sequences: `input_ids` [n, s] right-padded,
 `lengths` [n], and per-position tensors [n, s-1] aligned with the predicted token (`loss_mask` = tokens the policy
-generated). Per-sample answers exist on the last pipeline stage only; other ranks return None.
+generated). Per-sample answers exist on the last pipeline stage only; other ranks return None. Update metrics are
+the mini-batch's own values (the same on every DP rank), averaged over mini-batches and epochs.
 """
 
 from __future__ import annotations
 
 import torch
 
+from rlpost.algorithms import PolicyLossSettings, ValueLossSettings
 from rlpost.batch import Batch
 from rlpost.config.schema import ActorConfig, CriticConfig
 from rlpost.megatron.forward import compute_logprobs, compute_values
@@ -16,7 +18,7 @@ from rlpost.megatron.micro_batches import make_micro_batches, restore
 from rlpost.megatron.model import build_stage
 from rlpost.megatron.optim import build_optimizer, wrap_ddp
 from rlpost.megatron.update import actor_loss_fn, critic_loss_fn, loss_denominators, train_step
-from rlpost.metrics import reduce_dicts
+from rlpost.metric_dicts import average
 
 
 def micro_batches(batch: Batch, keys: list[str], micro_batch_size: int, max_tokens: int | None):
@@ -41,6 +43,7 @@ class _Trained:
     """Mini-batch loop shared by actor and critic: epochs x mini-batches, one optimizer step each."""
 
     cfg: ActorConfig | CriticConfig
+    loss_scale_factor: float | None
 
     def _train(self, batch: Batch, n_mini_batches: int, keys: list[str], make_loss) -> dict:
         group, dp = _dp_group()
@@ -50,19 +53,21 @@ class _Trained:
         for _ in range(self.cfg.ppo_epochs):
             for mini in batch.split(len(batch) // n_mini_batches):
                 mbs, _ = micro_batches(mini, keys, self.cfg.micro_batch_size, self.cfg.max_tokens_per_micro_batch)
-                loss_fn = make_loss(len(mbs), dp, loss_denominators(mbs, group))
-                metrics.append(train_step(self.stage, self.optimizer, self.scheduler, mbs, loss_fn))
-        return reduce_dicts(metrics)
+                loss_fn = make_loss(len(mbs), dp, loss_denominators(mbs, self.loss_scale_factor, group))
+                metrics.append(train_step(self.stage, self.optimizer, self.scheduler, mbs, loss_fn, group))
+        return average(metrics)
 
 
 class PolicyRole(_Trained):
-    """The actor (trainable) or the reference policy (frozen, log-probs only)."""
+    """The actor (trainable: give it loss settings) or the reference policy (frozen, log-probs only)."""
 
-    def __init__(self, cfg: ActorConfig, model_dir: str, total_steps: int, temperature: float, trainable: bool):
-        self.cfg, self.temperature = cfg, temperature
+    def __init__(self, cfg: ActorConfig, model_dir: str, total_steps: int, temperature: float,
+                 loss: PolicyLossSettings | None = None):
+        self.cfg, self.temperature, self.loss = cfg, temperature, loss
+        self.loss_scale_factor = loss.loss_scale_factor if loss is not None else None
         self.stage = build_stage(model_dir, cfg.dtype)
         self.optimizer = self.scheduler = None
-        if trainable:
+        if loss is not None:
             self.optimizer, self.scheduler = build_optimizer(wrap_ddp(self.stage), cfg.optim, total_steps, cfg.dtype)
 
     def log_probs(self, batch: Batch, micro_batch_size: int, max_tokens: int | None,
@@ -81,17 +86,17 @@ class PolicyRole(_Trained):
             raise ValueError(f"old_log_probs are missing but the update takes {n_mini_batches} mini-batches x "
                              f"{self.cfg.ppo_epochs} epochs; only a single optimizer step can use its own log-probs")
         keys = ["loss_mask", "advantages"] + (["rollout_log_probs"] if on_policy else ["old_log_probs"])
-        keys += ["ref_log_probs"] if self.cfg.use_kl_loss else []
+        keys += ["ref_log_probs"] if self.loss.use_kl_loss else []
         return self._train(batch, n_mini_batches, keys, lambda n, dp, den: actor_loss_fn(
-            self.stage, self.cfg, n, dp, den, self.temperature, on_policy))
+            self.stage, self.loss, n, dp, den, self.temperature, on_policy))
 
     def named_parameters(self) -> dict[str, torch.Tensor]:
         return {name: p.detach() for name, p in self.stage.core.named_parameters()}
 
 
 class CriticRole(_Trained):
-    def __init__(self, cfg: CriticConfig, model_dir: str, total_steps: int):
-        self.cfg = cfg
+    def __init__(self, cfg: CriticConfig, model_dir: str, total_steps: int, loss: ValueLossSettings):
+        self.cfg, self.loss, self.loss_scale_factor = cfg, loss, loss.loss_scale_factor
         self.stage = build_stage(model_dir, cfg.dtype, value_head=True)
         self.optimizer, self.scheduler = build_optimizer(wrap_ddp(self.stage), cfg.optim, total_steps, cfg.dtype)
 
@@ -104,4 +109,4 @@ class CriticRole(_Trained):
 
     def update(self, batch: Batch, n_mini_batches: int) -> dict:
         return self._train(batch, n_mini_batches, ["loss_mask", "old_values", "returns"],
-                           lambda n, dp, den: critic_loss_fn(self.cfg, n, dp, den))
+                           lambda n, dp, den: critic_loss_fn(self.loss, n, dp, den))

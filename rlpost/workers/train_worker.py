@@ -1,21 +1,17 @@
 """The training worker: one Ray actor per training device, hosting the megatron roles it was given (actor, reference,
-critic) and, in colocated placement, a rollout engine: the hybrid engine, which frees the engine's KV cache while
-training and takes the new weights in place after each update.
-
-Weight sync runs the resharder (rlpost.resharding): every rank builds its inference shard inside its micro-DP group;
-with infer_tp > 1 an inference replica gathers full tensors (what a server loads). Colocated, each replica's first
-rank loads them into its engine; split, replica 0's first rank broadcasts them to every rollout server.
+critic) and, in colocated placement, a rollout engine: the hybrid engine, whose KV cache the rollout frees while
+training (over HTTP, as with SGLang) and which takes the new weights in place after each update. Weight sync is one
+object (rlpost.resharding.sync.WeightSync) the worker builds once and calls after each update.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from rlpost.batch import Batch
+from rlpost.config.derived import policy_loss_settings, value_loss_settings
 from rlpost.config.schema import RLConfig
-from rlpost.net import free_port
+from rlpost.dtypes import torch_dtype
 from rlpost.workers.base import Worker
 from rlpost.workers.roles import CriticRole, PolicyRole
 
@@ -25,21 +21,23 @@ class TrainWorker(Worker):
                  total_steps: int, roles: list[str]):
         super().__init__(rank, world, per_node)
         self.cfg, self.model_dirs, self.total_steps, self.roles = cfg, model_dirs, total_steps, set(roles)
-        self.actor = self.ref = self.critic = self.engine_host = self._broadcast = None
-        self._sync = None
+        self.actor = self.ref = self.critic = self.engine_host = self.weight_sync = None
 
     def setup(self) -> dict:
         from rlpost.megatron.parallel import ranks, setup_model_parallel
+        from rlpost.resharding.plan import make_plan
 
         cfg = self.cfg
         setup_model_parallel(cfg.actor.tp, cfg.actor.pp, cfg.trainer.seed)
         temperature = cfg.rollout.sampling.temperature or 1.0
-        self.actor = PolicyRole(cfg.actor, self.model_dirs["actor"], self.total_steps, temperature, trainable=True)
+        self.actor = PolicyRole(cfg.actor, self.model_dirs["actor"], self.total_steps, temperature,
+                                policy_loss_settings(cfg))
         if "ref" in self.roles:
-            self.ref = PolicyRole(cfg.actor, self.model_dirs["actor"], self.total_steps, temperature, trainable=False)
+            self.ref = PolicyRole(cfg.actor, self.model_dirs["actor"], self.total_steps, temperature)
         if "critic" in self.roles:
-            self.critic = CriticRole(cfg.critic, self.model_dirs["critic"], self.total_steps)
+            self.critic = CriticRole(cfg.critic, self.model_dirs["critic"], self.total_steps, value_loss_settings(cfg))
         self._ranks = ranks()
+        self.plan = make_plan(cfg.actor.tp, cfg.actor.pp, self._ranks["dp"], cfg.rollout.infer_tp)
         return self.layout()
 
     def layout(self) -> dict:
@@ -79,62 +77,34 @@ class TrainWorker(Worker):
         """Colocated: the first rank of each inference replica hosts an engine; returns its URL (None elsewhere)."""
         from rlpost.workers.rollout import EngineHost
 
-        if self._resharding()[0].inference_position(self.rank)[1] == 0:
+        if self.plan.inference_position(self.rank)[1] == 0:
             self.engine_host = EngineHost(self.model_dirs["actor"], self.cfg.rollout, context_length,
                                           self.cfg.trainer.seed + self.rank)
             return self.engine_host.url
         return None
 
-    def engine_memory(self, release: bool) -> None:
-        """Hybrid engine: give the KV cache back while training, take it again before generating."""
-        if self.engine_host is not None:
-            engine = self.engine_host.engine
-            fn = engine.release_memory if release else engine.resume_memory
-            engine.call(lambda: fn(["kv_cache"])).result()
+    def connect_rollout(self, server_urls: list[str] | None) -> None:
+        """Builds the weight sync (collective: every rank calls it): into this worker's engine (colocated), or to
+        the split servers (server_urls)."""
+        import ray
 
-    def _resharding(self):
-        """(plan, micro-DP groups, replica groups), made once: group creation is collective over the world."""
-        if self._sync is None:
-            from rlpost.resharding.plan import make_plan
-            from rlpost.resharding.transfer import make_groups
+        from rlpost.resharding.sync import WeightSync
 
-            plan = make_plan(self.cfg.actor.tp, self.cfg.actor.pp, self.world // (self.cfg.actor.tp * self.cfg.actor.pp),
-                             self.cfg.rollout.infer_tp)
-            self._sync = plan, make_groups(plan), make_groups(plan, replicas=True)
-        return self._sync
-
-    def sync_weights(self, version: str, server_urls: list[str] | None = None) -> int:
-        """Push the actor's weights: into this worker's engine (colocated), or, from replica 0's first rank, to the
-        split servers (server_urls). Every rank must call it. Returns the tensors this rank delivered."""
-        from rlpost.resharding.transfer import full_buckets, inference_buckets
-        from rlpost.resharding.transports import BroadcastTransport, EngineTransport, push_buckets
-
-        plan, groups, replica_groups = self._resharding()
         stage = self.actor.stage
-        dtype = getattr(torch, self.cfg.actor.dtype)
-        bucket_bytes = self.cfg.rollout.update_weights_bucket_mb << 20
-        buckets = inference_buckets(plan, self.rank, self.actor.named_parameters(), stage.dims, groups, bucket_bytes,
-                                    dtype, spec=stage.spec)
-        replica, position = plan.inference_position(self.rank)
-        feeds = server_urls is None or replica == 0  # split: only replica 0 feeds the servers
-        if feeds and plan.infer_tp > 1:
-            buckets = full_buckets(plan, self.rank, buckets, stage.dims, replica_groups)
-        if not feeds or position != 0:
-            for _ in buckets:  # this rank's part in its groups' collectives
-                pass
-            return 0
-        if self.engine_host is not None:
-            return push_buckets(buckets, EngineTransport(self.engine_host.engine), version)
-        if self._broadcast is None:  # the servers join one weight-update group for the whole run
-            import ray
+        self.weight_sync = WeightSync(
+            self.plan, self.rank, stage.dims, stage.spec, torch_dtype(self.cfg.actor.dtype),
+            self.cfg.rollout.update_weights_bucket_mb << 20,
+            engine=self.engine_host.engine if self.engine_host is not None else None, server_urls=server_urls,
+            address=ray.util.get_node_ip_address())
 
-            self._broadcast = BroadcastTransport(server_urls, ray.util.get_node_ip_address(), free_port())
-        return push_buckets(buckets, self._broadcast, version)
+    def sync_weights(self, version: str) -> int:
+        """Every rank must call it; returns the tensors this rank delivered."""
+        return self.weight_sync.push(self.actor.named_parameters(), version)
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
 
     def save(self, directory: str, extra: dict) -> None:
-        from rlpost.megatron.checkpoint import save_checkpoint
+        from rlpost.megatron.dist_checkpoint import save_checkpoint
 
         save_checkpoint(self.actor.stage, self.actor.optimizer, self.actor.scheduler, Path(directory) / "actor", extra)
         if self.critic is not None:
@@ -142,7 +112,7 @@ class TrainWorker(Worker):
                             Path(directory) / "critic", extra)
 
     def load(self, directory: str) -> dict:
-        from rlpost.megatron.checkpoint import load_checkpoint
+        from rlpost.megatron.dist_checkpoint import load_checkpoint
 
         extra = load_checkpoint(self.actor.stage, self.actor.optimizer, self.actor.scheduler, Path(directory) / "actor")
         if self.critic is not None:

@@ -15,12 +15,12 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
-from rlpost.models.megatron_config import rope_settings
+from rlpost.dtypes import torch_dtype
+from rlpost.models.rope import rope_settings
 from rlpost.models.safetensors_dir import SafetensorsDir
 from rlpost.models.weights import ModelDims
 from rlpost.rollout.engine.kv_cache import KVCache
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _MKLDNN_PACKING = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
@@ -67,9 +67,7 @@ class PrefillSegment:
 
 class DecoderLM:
     def __init__(self, hf_config, dtype: str = "float32"):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype '{dtype}' is not supported; supported: {', '.join(DTYPES)}")
-        self.config, self.dtype = hf_config, DTYPES[dtype]
+        self.config, self.dtype = hf_config, torch_dtype(dtype)
         self.dims = d = ModelDims.from_hf_config(hf_config)
         self.eps = float(hf_config.rms_norm_eps)
         self.q_size, self.kv_size = d.heads * d.head_dim, d.kv_heads * d.head_dim

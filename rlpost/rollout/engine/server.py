@@ -8,10 +8,8 @@ network only.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
-import pickle
 import signal
 import threading
 import time
@@ -22,9 +20,11 @@ from typing import Any
 import torch
 from aiohttp import web
 
+from rlpost.dtypes import dtype_name, torch_dtype
+from rlpost.protocol.weight_group import WeightUpdateGroup
+from rlpost.protocol.wire import deserialize_named_tensors
 from rlpost.rollout.engine.engine import Engine
 from rlpost.rollout.engine.request import Request, RequestError, SamplingParams
-from rlpost.rollout.engine.weight_group import WeightUpdateGroup, dtype_from_name
 from rlpost.rollout.tool_parser import parse_tool_calls
 
 _UNSUPPORTED = {"image_data", "lora_path", "custom_logit_processor", "return_hidden_states", "token_ids_logprob"}
@@ -379,7 +379,7 @@ class EngineServer:
     async def server_info(self, request: web.Request) -> web.Response:
         e = self.engine
         return web.json_response({
-            "model_path": e.model_path, "dtype": str(e.model.dtype).removeprefix("torch."), "tp_size": 1,
+            "model_path": e.model_path, "dtype": dtype_name(e.model.dtype), "tp_size": 1,
             "context_length": e.context_length, "max_running_requests": e.max_running,
             "max_prefill_tokens": e.max_prefill_tokens, "prefix_cache_tokens": e.prefix_cache.max_tokens,
             "weight_version": e.weight_version, "engine": "rlpost-embedded", "internal_states": [dict(e.stats)],
@@ -426,12 +426,9 @@ class EngineServer:
         if body.get("load_format") not in (None, "direct"):
             raise RequestError(f"load_format '{body['load_format']}' is not supported; use null or 'direct'")
         try:
-            named = pickle.loads(base64.b64decode(serialized[0]))
-        except Exception as e:  # noqa: BLE001 - any decoding failure is the request's fault
-            raise RequestError(f"serialized_named_tensors[0] does not decode to named tensors: {e}") from e
-        if not isinstance(named, list) or not all(
-                isinstance(x, (list, tuple)) and len(x) == 2 and isinstance(x[1], torch.Tensor) for x in named):
-            raise RequestError("serialized_named_tensors[0] must decode to a list of (name, tensor) pairs")
+            named = deserialize_named_tensors(serialized[0])
+        except ValueError as e:
+            raise RequestError(f"serialized_named_tensors[0] {e}") from e
         return await self._update(body, named, "tensor")
 
     async def update_from_disk(self, request: web.Request) -> web.Response:
@@ -455,14 +452,15 @@ class EngineServer:
         missing = [k for k in ("master_address", "master_port", "rank_offset", "world_size") if k not in body]
         if missing:
             raise RequestError(f"/init_weights_update_group needs {', '.join(missing)}")
-        if body.get("backend", "gloo") != "gloo":
-            raise RequestError(f"backend '{body['backend']}': the embedded engine runs on CPU and joins gloo groups only")
+        backend = body.get("backend", "nccl")  # SGLang's default
+        if backend != "gloo":
+            raise RequestError(f"backend '{backend}': the embedded engine runs on CPU and joins gloo groups only")
         if name in self.groups:
             return self._result(False, f"weight update group '{name}' already exists")
         try:
             group = await asyncio.to_thread(
                 WeightUpdateGroup, body["master_address"], int(body["master_port"]), int(body["rank_offset"]),
-                int(body["world_size"]), name)
+                int(body["world_size"]), name, backend)
         except Exception as e:  # noqa: BLE001 - reported to the caller, as SGLang does
             return self._result(False, f"Failed to init group: {type(e).__name__}: {e}")
         self.groups[name] = group
@@ -478,7 +476,10 @@ class EngineServer:
                 and len(names) == len(dtypes) == len(shapes)):
             raise RequestError("'names', 'dtypes' and 'shapes' must be lists of equal length")
         for dtype in dtypes:
-            dtype_from_name(dtype)  # a receiver that cannot allocate cannot take part in the broadcasts
+            try:
+                torch_dtype(dtype)  # a receiver that cannot allocate cannot take part in the broadcasts
+            except ValueError as e:
+                raise RequestError(str(e)) from e
         group = self.groups[name]
         return await self._update(body, lambda: group.receive(names, dtypes, shapes), "distributed")
 

@@ -9,10 +9,7 @@ import math
 import posixpath
 from dataclasses import dataclass, field
 
-# every language Sandbox Fusion's API accepts; a request for one outside this list is invalid (HTTP 422 there too)
-LANGUAGES = ("python", "cpp", "nodejs", "go", "go_test", "java", "php", "csharp", "bash", "typescript", "sql", "rust",
-             "cuda", "lua", "R", "perl", "D_ut", "ruby", "scala", "julia", "pytest", "junit", "kotlin_script", "jest",
-             "verilog", "python_gpu", "lean", "swift", "racket")
+from rlpost.protocol.sandbox_fusion import LANGUAGES
 
 
 class InvalidRequest(ValueError):

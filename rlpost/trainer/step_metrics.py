@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
+from rlpost.algorithms.masked import masked_mean
 from rlpost.batch import Batch
 
 
@@ -15,8 +16,8 @@ def _stats(prefix: str, x: torch.Tensor) -> dict:
     return {f"{prefix}/mean": float(x.mean()), f"{prefix}/max": float(x.max()), f"{prefix}/min": float(x.min())}
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    return float((x * mask).sum() / mask.sum().clamp(min=1))
+def _mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    return float(masked_mean(x, mask))
 
 
 def batch_metrics(batch: Batch, max_response_length: int) -> dict:
@@ -29,22 +30,21 @@ def batch_metrics(batch: Batch, max_response_length: int) -> dict:
     lengths = batch["response_lengths"]
     out |= _stats("response_length", lengths) | _stats("prompt_length", batch["prompt_lengths"])
     out["response_length/clip_ratio"] = float((lengths >= max_response_length).float().mean())
-    per_seq_adv = (batch["advantages"] * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    out |= _stats("advantages", per_seq_adv)
+    out |= _stats("advantages", masked_mean(batch["advantages"], mask, dim=-1))
     if "values" in batch:
-        out["critic/values_mean"] = _masked_mean(batch["values"], mask)
-        out["critic/returns_mean"] = _masked_mean(batch["returns"], mask)
+        out["critic/values_mean"] = _mean(batch["values"], mask)
+        out["critic/returns_mean"] = _mean(batch["returns"], mask)
     if "entropy" in batch:
-        out["actor/entropy"] = _masked_mean(batch["entropy"], mask)
+        out["actor/entropy"] = _mean(batch["entropy"], mask)
     if "ref_log_probs" in batch and "old_log_probs" in batch:
-        out["actor/kl_ref"] = _masked_mean(batch["old_log_probs"] - batch["ref_log_probs"], mask)
+        out["actor/kl_ref"] = _mean(batch["old_log_probs"] - batch["ref_log_probs"], mask)
     if "num_turns" in batch:
         out["multi_turn/num_turns_mean"] = sum(batch["num_turns"]) / len(batch)
         out["multi_turn/tool_calls_mean"] = sum(batch["tool_calls"]) / len(batch)
     if "old_log_probs" in batch:
-        diff = (batch["rollout_log_probs"] - batch["old_log_probs"]).abs() * mask
-        out["actor/rollout_logprob_diff_mean"] = float(diff.sum() / mask.sum().clamp(min=1))
-        out["actor/rollout_logprob_diff_max"] = float(diff.max())
+        diff = (batch["rollout_log_probs"] - batch["old_log_probs"]).abs()
+        out["actor/rollout_logprob_diff_mean"] = _mean(diff, mask)
+        out["actor/rollout_logprob_diff_max"] = float((diff * mask).max())
     return out
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from rlpost.atomic import fresh_partial, partial_path, publish
 from rlpost.megatron.model import StageModel, stream_hf_weights
 
 COMPLETE = "rlpost_complete.json"
@@ -103,16 +104,13 @@ def save_checkpoint(stage: StageModel, optimizer, scheduler, directory: str | Pa
     directory = Path(directory)
     if directory.exists():
         raise FileExistsError(f"checkpoint '{directory}' already exists")
-    tmp = directory.parent / f".{directory.name}.partial"
-    if dist.get_rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    dist_checkpointing.save(_sharded_state(stage, optimizer, scheduler, False, extra or {}), str(tmp))
+    partial = fresh_partial(directory) if dist.get_rank() == 0 else partial_path(directory)
+    dist.barrier()  # every rank writes its shards into the partial directory
+    dist_checkpointing.save(_sharded_state(stage, optimizer, scheduler, False, extra or {}), str(partial))
     dist.barrier()
     if dist.get_rank() == 0:
-        (tmp / COMPLETE).write_text(json.dumps({"extra": extra or {}}))
-        tmp.rename(directory)
+        (partial / COMPLETE).write_text(json.dumps({"extra": extra or {}}))
+        publish(partial, directory)
     dist.barrier()
     return directory
 

@@ -1,10 +1,10 @@
-"""Combining metric dicts (per micro-batch, mini-batch, rank) where some keys exist only on some of them (pipeline
-stages). Keys ending in `_max` keep the largest value, the rest are averaged."""
+"""Averaging metric dicts (over mini-batches, epochs, ranks) where some keys exist only on some of them (pipeline
+stages). Keys ending in `_max` keep the largest value."""
 
 from __future__ import annotations
 
 
-def reduce_dicts(dicts: list[dict], prefix: str = "") -> dict:
+def average(dicts: list[dict], prefix: str = "") -> dict:
     out = {}
     for k in sorted({k for m in dicts for k in m}):
         values = [float(m[k]) for m in dicts if k in m]
