@@ -3,7 +3,8 @@ from setuptools import find_packages, setup
 setup(
     name="rlpost",
     version="0.1.0",
-    description="Reinforcement-learning post-training of LLMs: megatron-core training, SGLang-protocol rollout, multi-turn tools",
+    description="Reinforcement-learning post-training of LLMs: megatron-core training, SGLang-protocol rollout, "
+                "multi-turn tools",
     python_requires=">=3.10",
     packages=find_packages(include=["rlpost", "rlpost.*"]),
     package_data={"rlpost": ["py.typed"]},

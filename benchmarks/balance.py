@@ -20,7 +20,8 @@ def imbalance(loads: list[int]) -> float:
 
 def main() -> None:
     gen = torch.Generator().manual_seed(0)
-    print(f"{'samples':>8} {'dp':>3} {'lengths':>22} {'contiguous':>11} {'balanced':>9} {'straggler cut':>14} {'split ms':>9}")
+    print(f"{'samples':>8} {'dp':>3} {'lengths':>22} {'contiguous':>11} {'balanced':>9} {'straggler cut':>14} "
+          f"{'split ms':>9}")
     for samples, dp, kind in [(256, 4, "uniform 32-2048"), (256, 8, "uniform 32-2048"), (1024, 8, "long tail"),
                               (4096, 16, "long tail"), (1024, 8, "grouped by prompt")]:
         if kind.startswith("uniform"):
@@ -37,7 +38,8 @@ def main() -> None:
         elapsed = time.perf_counter() - t
         balanced = [int(p["n_tokens"].sum()) for p in parts]
         c, b = imbalance(contiguous), imbalance(balanced)
-        print(f"{samples:>8} {dp:>3} {kind:>22} {c:>11.4f} {b:>9.4f} {(c - b) / (c - 1) * 100:>13.0f}% {elapsed * 1e3:>9.1f}")
+        print(f"{samples:>8} {dp:>3} {kind:>22} {c:>11.4f} {b:>9.4f} {(c - b) / (c - 1) * 100:>13.0f}% "
+              f"{elapsed * 1e3:>9.1f}")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ Both take one optimizer step per batch, so neither recomputes old log-probs; nei
 The baseline is TRL as the issue names it (`use_cpu=True, bf16=False`, fp32, without its default gradient
 checkpointing, which would only slow it down at this size, and in micro-batches of 8 like rlpost's, since all 32
 samples at once need over 24 GB for the logits). rlpost runs in fp32 (like for like) and as the quickstart ships
-(bf16 weights, fp32 master weights); TRL with `bf16=True` is the last row, for the mixed-precision comparison. The first step is warm-up and reported apart;
-s/step is the mean of the rest. Response lengths differ run to run (sampling), so tokens/s is printed as well.
+(bf16 weights, fp32 master weights); TRL with `bf16=True` is the last row, for the mixed-precision comparison. The
+first step is warm-up and reported apart; s/step is the mean of the rest. Response lengths differ run to run
+(sampling), so tokens/s is printed as well.
 
     python benchmarks/grpo_step.py [--steps 4] [--prompts 8] [--n 4] [--max-response 192]
 """
@@ -36,7 +37,8 @@ def run_rlpost(args, out: Path, dtype: str) -> list[dict]:
     name = f"rlpost-{dtype}"
     cfg = load_config(str(RECIPE), [
         f"trainer.total_training_steps={args.steps}", "trainer.val_before_train=false", "trainer.val_every=0",
-        "trainer.logger=[jsonl]", f"trainer.output_dir={out}", "trainer.resume=disable", f"trainer.experiment_name={name}",
+        "trainer.logger=[jsonl]", f"trainer.output_dir={out}", "trainer.resume=disable",
+        f"trainer.experiment_name={name}",
         "data.shuffle=false", f"data.train_batch_size={args.prompts}", f"actor.ppo_mini_batch_size={args.prompts}",
         f"actor.micro_batch_size={args.prompts}", f"rollout.sampling.n={args.n}",
         f"data.max_response_length={args.max_response}", "reward.overlong_buffer.enable=false",

@@ -41,6 +41,7 @@ def main() -> None:
     import torch.distributed as dist
     from transformers import AutoModelForCausalLM
 
+    from rlpost.dtypes import torch_dtype
     from rlpost.megatron.forward import run_schedule, token_logprobs
     from rlpost.megatron.model import build_stage
     from rlpost.megatron.parallel import setup_model_parallel
@@ -51,20 +52,20 @@ def main() -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=0, world_size=1)
     path = resolve_model_path(args.model)
-    dtype = getattr(torch, args.dtype)
+    dtype = torch_dtype(args.dtype)
 
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).train()
     ids = torch.randint(0, hf.config.vocab_size, (args.batch, args.length), generator=torch.Generator().manual_seed(0))
     ids = ids.to(device)
 
-    def hf_step():
-        logits = hf(ids).logits[:, :-1].float()
+    def hf_step(model=hf):
+        logits = model(ids).logits[:, :-1].float()
         loss = -torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).mean()
         loss.backward()
-        hf.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
 
     t_hf = time_it(hf_step, args.iters, args.warmup)
-    del hf
+    del hf, hf_step  # free its memory before megatron's model is built
 
     setup_model_parallel(1, 1, seed=0)
     stage = build_stage(path, dtype=args.dtype)

@@ -7,8 +7,9 @@ turns tensors into numpy buffers so Ray's pickle-5 path ships them out of band, 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,12 +59,12 @@ class Batch:
         else:
             self.fields[key] = list(value)
 
-    def update(self, other: "Batch") -> None:
+    def update(self, other: Batch) -> None:
         """Add (or replace) every entry of another batch with the same samples."""
         for k, v in {**other.tensors, **other.fields}.items():
             self[k] = v
 
-    def select(self, indices: Sequence[int] | torch.Tensor) -> "Batch":
+    def select(self, indices: Sequence[int] | torch.Tensor) -> Batch:
         idx = torch.as_tensor(indices, dtype=torch.long)
         if idx.numel() and (int(idx.min()) < -len(self) or int(idx.max()) >= len(self)):
             raise IndexError(f"index out of range for a batch of {len(self)}")
@@ -74,20 +75,20 @@ class Batch:
             dict(self.meta),
         )
 
-    def split(self, size: int) -> list["Batch"]:
+    def split(self, size: int) -> list[Batch]:
         """Consecutive pieces of `size` samples (the last may be shorter)."""
         if size < 1:
             raise ValueError(f"split size must be >= 1, got {size}")
         return [self.select(range(i, min(i + size, len(self)))) for i in range(0, len(self), size)]
 
-    def chunk(self, n: int) -> list["Batch"]:
+    def chunk(self, n: int) -> list[Batch]:
         """n equal consecutive pieces; pad first (pad_to_multiple) when the size does not divide."""
         if n < 1 or len(self) % n:
             raise ValueError(f"cannot chunk a batch of {len(self)} into {n} equal parts; use pad_to_multiple({n})")
         return self.split(len(self) // n)
 
     @staticmethod
-    def concat(batches: Sequence["Batch"]) -> "Batch":
+    def concat(batches: Sequence[Batch]) -> Batch:
         if not batches:
             raise ValueError("concat needs at least one batch")
         first = batches[0]
@@ -105,7 +106,7 @@ class Batch:
             dict(first.meta),
         )
 
-    def pad_to_multiple(self, k: int) -> tuple["Batch", int]:
+    def pad_to_multiple(self, k: int) -> tuple[Batch, int]:
         """Repeat leading samples until the size divides k (DP dispatch); returns the pad count for unpad."""
         pad = -len(self) % k
         if pad == 0:
@@ -114,10 +115,10 @@ class Batch:
             raise ValueError("cannot pad an empty batch")
         return Batch.concat([self, self.select([i % len(self) for i in range(pad)])]), pad
 
-    def unpad(self, pad: int) -> "Batch":
+    def unpad(self, pad: int) -> Batch:
         return self if pad == 0 else self.select(range(len(self) - pad))
 
-    def split_balanced(self, n: int, weight_key: str) -> tuple[list["Batch"], list[list[int]]]:
+    def split_balanced(self, n: int, weight_key: str) -> tuple[list[Batch], list[list[int]]]:
         """n equal-size parts whose summed weights (e.g. token counts) are as even as possible, plus the indices
         of each part, so outputs can be put back in order with restore_order."""
         weights = self[weight_key]
@@ -125,7 +126,7 @@ class Batch:
         parts = balanced_partitions(weights, n)
         return [self.select(p) for p in parts], parts
 
-    def to(self, device: str | torch.device) -> "Batch":
+    def to(self, device: str | torch.device) -> Batch:
         return Batch({k: v.to(device) for k, v in self.tensors.items()}, self.fields, dict(self.meta))
 
     def __getstate__(self):

@@ -34,11 +34,14 @@ def _config(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from rlpost.cluster.worker_group import WorkerDied
-    from rlpost.config import load_config
+    from rlpost.config import load_config, run_dir
+    from rlpost.run_log import driver_logging
     from rlpost.trainer.ppo import train
 
+    cfg = load_config(args.recipe, args.overrides)
+    driver_logging(run_dir(cfg))
     try:
-        train(load_config(args.recipe, args.overrides))
+        train(cfg)
     except WorkerDied as e:
         raise SystemExit(f"rlpost: {e}; the last checkpoint is intact, resume with trainer.resume=auto") from e
 
@@ -158,14 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     sbx.add_argument("--max-concurrency", type=int, default=8, help="runs at once; the rest wait")
     sbx.add_argument("--memory-mb", type=int, default=1024, help="address-space limit when a request sends -1")
     sbx.add_argument("--max-memory-mb", type=int, default=8192, help="the most a request may ask for")
-    sbx.add_argument("--max-run-timeout", type=float, default=300.0, help="the longest run_timeout a request may ask for")
+    sbx.add_argument("--max-run-timeout", type=float, default=300.0,
+                     help="the longest run_timeout a request may ask for")
     sbx.add_argument("--max-output-bytes", type=int, default=1 << 20, help="per stream; past it the run is killed")
     sbx.add_argument("--tmp-size-mb", type=int, default=64, help="size of each run's private /tmp")
     sbx.add_argument("--max-processes", type=int, default=64, help="processes and threads per run")
     sbx.add_argument("--python", default="/usr/bin/python3", help="interpreter inside the sandbox")
     sbx.add_argument("--ro-bind", action="append", default=[], metavar="PATH",
                      help="also show this host path, read-only (e.g. a venv with numpy); repeatable")
-    sbx.add_argument("--uid", type=int, default=65534, help="unprivileged uid that a server started as root runs code as")
+    sbx.add_argument("--uid", type=int, default=65534,
+                     help="unprivileged uid that a server started as root runs code as")
     sbx.set_defaults(func=_serve_sandbox)
     return parser
 
@@ -175,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     from rlpost.services.sandbox.isolation import SandboxUnavailable
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
     except (ConfigError, FileNotFoundError, ValueError, SandboxUnavailable, TimeoutError) as e:

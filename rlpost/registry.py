@@ -5,7 +5,8 @@ know them asks the registry instead of comparing names."""
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Generic, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 F = TypeVar("F", bound=Callable)
 

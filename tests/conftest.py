@@ -10,7 +10,6 @@ from rlpost.net import free_port
 from rlpost.testing.tiny_models import make_tiny_checkpoint
 
 
-
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory):
     return make_tiny_checkpoint("llama", tmp_path_factory.mktemp("tiny_llama"))
@@ -35,7 +34,8 @@ def sandbox(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "rlpost.cli", "serve", "sandbox", "--port", str(port),
                              "--max-concurrency", str(limits.max_concurrency),
                              "--max-run-timeout", str(limits.max_run_timeout),
-                             "--max-processes", str(limits.max_processes), "--max-output-bytes", str(limits.max_output)],
+                             "--max-processes", str(limits.max_processes),
+                             "--max-output-bytes", str(limits.max_output)],
                             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RLPOST_TEST_SECRET": canary})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

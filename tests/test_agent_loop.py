@@ -89,7 +89,8 @@ def test_tool_round_trip_masks_generated_tokens_only(caller, tmp_path):
     assert tool_span > 5 and sample.response_log_probs[first_end : first_end + tool_span] == [0.0] * tool_span
     assert all(-1.0 < lp <= 0.0 for lp, m in zip(sample.response_log_probs, sample.response_mask) if m)
     assert len(sample.response_ids) == len(sample.response_mask) == len(sample.response_log_probs)
-    assert sample.fields["rollout_reward_scores"]["tool_rewards"] == [0.0, REPEAT_PENALTY]  # the second, same answer did not improve
+    # the second, same answer did not improve
+    assert sample.fields["rollout_reward_scores"]["tool_rewards"] == [0.0, REPEAT_PENALTY]
     assert sample.fields["rollout_reward_scores"]["tool_final_rewards"] == {"calc_gsm8k_reward": 1.0}
     assert sample.fields["num_turns"] == 6 and sample.fields["tool_calls"] == 2 and sample.finish_reason == "stop"
     assert tools["calc_gsm8k_reward"]._state == {}  # released
@@ -190,7 +191,8 @@ def test_hanging_tool_times_out_without_stalling_other_samples(tmp_path):
     assert echo.hang_was_pending  # the other sample's tool ran while the hanging call was still waiting
     assert [m["content"] for m in free.fields["messages_out"] if m["role"] == "tool"] == ["ok"]
     timed_out = [m["content"] for m in stuck.fields["messages_out"] if m["role"] == "tool"]
-    assert timed_out == ["Error: tool 'probe' did not answer within 3 s."] and stuck.fields["rollout_reward_scores"]["tool_rewards"] == []
+    assert timed_out == ["Error: tool 'probe' did not answer within 3 s."]
+    assert stuck.fields["rollout_reward_scores"]["tool_rewards"] == []
 
 
 @pytest.mark.parametrize("truth,turns,scores", [("17", 1, [1.0]), ("18", 3, [0.0, 0.0])])

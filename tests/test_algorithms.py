@@ -7,8 +7,20 @@ import pytest
 import torch
 
 from rlpost.algorithms import (
-    ADV_ESTIMATORS, KL_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES, Denominators, PolicyLossSettings, ValueLossSettings,
-    actor_loss, agg_loss, apply_kl_in_reward, compute_advantages, kl_penalty, make_kl_controller, value_loss,
+    ADV_ESTIMATORS,
+    KL_ESTIMATORS,
+    LOSS_AGG_MODES,
+    POLICY_LOSSES,
+    Denominators,
+    PolicyLossSettings,
+    ValueLossSettings,
+    actor_loss,
+    agg_loss,
+    apply_kl_in_reward,
+    compute_advantages,
+    kl_penalty,
+    make_kl_controller,
+    value_loss,
 )
 
 T = torch.tensor
@@ -24,16 +36,19 @@ def outcome(scores, mask):
 
 
 def test_registries_name_every_configured_choice():
-    assert ADV_ESTIMATORS.names() == ["gae", "grpo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "remax", "rloo"]
+    assert ADV_ESTIMATORS.names() == ["gae", "grpo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "remax",
+                                      "rloo"]
     assert {"k1", "k2", "k3", "low_var_kl", "abs"} <= set(KL_ESTIMATORS.names())
     assert POLICY_LOSSES.names() == ["gspo", "vanilla"]
-    assert LOSS_AGG_MODES.names() == ["seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "token-mean"]
+    assert LOSS_AGG_MODES.names() == ["seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm",
+                                      "token-mean"]
     with pytest.raises(KeyError, match="did you mean 'grpo'"):
         compute_advantages("grpp")
 
 
 def test_grpo_group_normalised():
-    # group a: scores 1, 0 -> mean .5, unbiased std sqrt(.5) -> +-1/sqrt2 ; group b: 2, 4 -> mean 3, std sqrt2 -> -+1/sqrt2
+    # group a: scores 1, 0 -> mean .5, unbiased std sqrt(.5) -> +-1/sqrt2
+    # group b: 2, 4 -> mean 3, std sqrt2 -> -+1/sqrt2
     mask = T([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]])
     adv, ret = compute_advantages("grpo", token_level_rewards=outcome([1.0, 0.0, 2.0, 4.0], mask), response_mask=mask,
                                   index=["a", "a", "b", "b"], norm_adv_by_std=True, eps=0.0)
@@ -61,7 +76,8 @@ def test_rloo_leave_one_out():
 def test_gae_hand_values_and_whitening():
     # r = [0,0,1], V = [.5,.6,.7], gamma = lam = 1: deltas .1, .1, .3 -> A = [.5, .4, .3], returns = A + V = 1
     rewards, values, mask = T([[0.0, 0.0, 1.0]]), T([[0.5, 0.6, 0.7]]), T([[1, 1, 1]])
-    adv, ret = compute_advantages("gae", token_level_rewards=rewards, response_mask=mask, values=values, gamma=1.0, lam=1.0)
+    adv, ret = compute_advantages("gae", token_level_rewards=rewards, response_mask=mask, values=values, gamma=1.0,
+                                  lam=1.0)
     torch.testing.assert_close(ret, T([[1.0, 1.0, 1.0]]))
     # whitened: mean .4, unbiased std .1 -> [1, 0, -1]
     torch.testing.assert_close(adv, T([[1.0, 0.0, -1.0]]), atol=1e-4, rtol=0)
@@ -70,7 +86,8 @@ def test_gae_hand_values_and_whitening():
 def test_gae_skips_masked_tool_tokens():
     # middle token is tool output: t2 A = 1 - .7 = .3 ; t0 bootstraps from V(t2): delta = .7 - .5 = .2, A = .2 + .3 = .5
     rewards, values, mask = T([[0.0, 0.0, 1.0]]), T([[0.5, 9.0, 0.7]]), T([[1, 0, 1]])
-    _, ret = compute_advantages("gae", token_level_rewards=rewards, response_mask=mask, values=values, gamma=1.0, lam=1.0)
+    _, ret = compute_advantages("gae", token_level_rewards=rewards, response_mask=mask, values=values, gamma=1.0,
+                                lam=1.0)
     torch.testing.assert_close(ret, T([[1.0, 0.0, 1.0]]))
 
 
@@ -146,7 +163,9 @@ def _lp(ratios):
     return torch.log(T(ratios)).unsqueeze(0)
 
 
-PPO = PolicyLossSettings(clip_ratio_low=0.2, clip_ratio_high=0.2, clip_ratio_c=3.0, loss_agg_mode="token-mean")
+PPO = PolicyLossSettings(policy_loss="vanilla", loss_agg_mode="token-mean", clip_ratio_low=0.2, clip_ratio_high=0.2,
+                         clip_ratio_c=3.0, entropy_coeff=0.0, use_kl_loss=False, kl_loss_coef=0.0,
+                         kl_loss_type="low_var_kl", loss_scale_factor=None)
 
 
 def policy_loss(name, log_prob, old_log_prob, advantages, mask, settings=PPO):
@@ -228,7 +247,7 @@ def test_kl_in_reward_and_controllers():
 
 def test_value_loss_clipping():
     # v = [1, 2], old = .5, R = 1.5, clip .2: v_clip = .7 -> max(.25, .64) = .64 both -> .5 * .64
-    clip = ValueLossSettings(cliprange_value=0.2)
+    clip = ValueLossSettings(cliprange_value=0.2, loss_agg_mode="token-mean", loss_scale_factor=None)
     loss, m = value_loss(T([[1.0, 2.0]]), T([[0.5, 0.5]]), T([[1.5, 1.5]]), T([[1, 1]]), clip)
     assert loss.item() == pytest.approx(0.32)
     assert m["vf_clipfrac"].item() == 1.0

@@ -5,8 +5,9 @@ import pytest
 from rlpost.models.tokenizers import packaged_tokenizer
 from rlpost.rollout.chat import ChatTokens
 
+ANSWER = {"type": "object", "properties": {"answer": {"type": "string"}}}
 TOOLS = [{"type": "function", "function": {"name": "calc_gsm8k_reward", "description": "check an answer",
-                                            "parameters": {"type": "object", "properties": {"answer": {"type": "string"}}}}}]
+                                            "parameters": ANSWER}}]
 PROMPT = [{"role": "system", "content": "Solve it."}, {"role": "user", "content": "What is 6 * 7?"}]
 REPLY = 'I will check.\n<tool_call>\n{"name": "calc_gsm8k_reward", "arguments": {"answer": "42"}}\n</tool_call>'
 

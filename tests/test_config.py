@@ -69,7 +69,8 @@ def test_overrides_are_coerced_to_field_types():
 
 def test_unknown_keys_name_key_section_source_and_closest():
     assert problems("actor.optim.lrr=1") == [
-        "unknown key 'actor.optim.lrr' in section 'actor.optim' (from override 'actor.optim.lrr=1') (did you mean 'lr'?)"]
+        "unknown key 'actor.optim.lrr' in section 'actor.optim' (from override 'actor.optim.lrr=1') "
+        "(did you mean 'lr'?)"]
     assert problems("acotr.tp=2") == ["unknown section 'acotr' (from override 'acotr.tp=2') (did you mean 'actor'?)"]
 
 
@@ -211,7 +212,8 @@ def test_missing_default_is_a_clear_error(tmp_path):
     shutil.copytree(CONFIG_DIR, config_dir)
     text = (config_dir / "ref.yaml").read_text().replace("micro_batch_size: 8\n", "")
     (config_dir / "ref.yaml").write_text(text)
-    assert problems(config_dir=config_dir) == ["missing key 'ref.micro_batch_size': no default in configs/ and none given"]
+    assert problems(config_dir=config_dir) == [
+        "missing key 'ref.micro_batch_size': no default in configs/ and none given"]
     (config_dir / "ref.yaml").write_text("- a list\n")
     with pytest.raises(ConfigError, match="ref.yaml: expected a mapping at the top level, got list"):
         load(config_dir=config_dir)

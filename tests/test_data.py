@@ -86,7 +86,8 @@ def test_preprocess_reports_bad_input_rows(tmp_path):
     ({"reward_model": {"style": "rule"}}, "reward_model.ground_truth", "is missing"),
     ({"reward_model": "2"}, "reward_model", "must be a mapping"),
     ({"extra_info": {"tools_kwargs": {"t": {"create": {}}}}}, "extra_info.tools_kwargs.t.create", "is not one of"),
-    ({"extra_info": {"tools_kwargs": {"t": {"create_kwargs": 5}}}}, "extra_info.tools_kwargs.t.create_kwargs", "mapping"),
+    ({"extra_info": {"tools_kwargs": {"t": {"create_kwargs": 5}}}}, "extra_info.tools_kwargs.t.create_kwargs",
+     "mapping"),
     ({"images": [{"size": 3}]}, "images[0]", "'bytes' or 'path'"),
 ])
 def test_row_validation_names_file_row_and_field(change, field, message):
@@ -119,7 +120,8 @@ def test_overlong_prompts_filtered_counted_or_truncated(tmp_path, tokenizer, cap
     assert len(ds) == 2 and ds.n_filtered == 1
     assert "filtered 1 of 3 prompts longer than 50 tokens" in caplog.text
     assert [s.uid for s in ds] == [f"{path}:0", f"{path}:2"]
-    with pytest.raises(RowError, match=r"p.parquet row 1: field 'prompt' renders to \d+ tokens, more than data.max_prompt_length = 50"):
+    too_long = r"p.parquet row 1: field 'prompt' renders to \d+ tokens, more than data.max_prompt_length = 50"
+    with pytest.raises(RowError, match=too_long):
         RLDataset([path], tokenizer, max_prompt_length=50, filter_overlong=False, truncation="error")
     full = RLDataset([path], tokenizer, max_prompt_length=10_000)[1].prompt_ids
     left = RLDataset([path], tokenizer, max_prompt_length=50, filter_overlong=False, truncation="left")[1].prompt_ids

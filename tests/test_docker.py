@@ -13,7 +13,8 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 PINS = {"TORCH_VERSION": "torch", "SGLANG_VERSION": "sglang", "TRANSFORMERS_VERSION": "transformers",
-        "MEGATRON_CORE_VERSION": "megatron-core", "RAY_VERSION": "ray", "TRANSFORMER_ENGINE_VERSION": "transformer-engine"}
+        "MEGATRON_CORE_VERSION": "megatron-core", "RAY_VERSION": "ray",
+        "TRANSFORMER_ENGINE_VERSION": "transformer-engine"}
 
 
 def _canonical(name: str) -> str:

@@ -18,6 +18,8 @@ BASE = ["data.max_prompt_length=3", f"data.max_response_length={L}", "data.train
 CUTS = {"micro 1": ["actor.micro_batch_size=1"], "micro 2": ["actor.micro_batch_size=2"],
         "all in one": ["actor.micro_batch_size=8"], "token budget 32": ["actor.max_tokens_per_micro_batch=32"]}
 MODES = ["seq-mean-token-sum-norm", "seq-mean-token-mean", "token-mean"]
+FOUR_BY_TWO = ["actor.micro_batch_size=1", "actor.entropy_coeff=0.01", "actor.use_kl_loss=true",
+               "critic.micro_batch_size=1", "critic.ppo_mini_batch_size=2", "cluster.n_gpus_per_node=2"]
 
 
 def _data(path):
@@ -115,9 +117,7 @@ def _four_micro_batches_on_two_ranks(rank, world, path, data):
     from rlpost.megatron.parallel import setup_model_parallel
     from rlpost.workers.roles import CriticRole, PolicyRole
 
-    cfg = load_config(None, BASE + ["actor.micro_batch_size=1", "actor.entropy_coeff=0.01", "actor.use_kl_loss=true",
-                                    "critic.micro_batch_size=1", "critic.ppo_mini_batch_size=2",
-                                    "cluster.n_gpus_per_node=2"], check_files=False)
+    cfg = load_config(None, BASE + FOUR_BY_TWO, check_files=False)
     setup_model_parallel(1, 1, seed=1)
     piece = Batch({k: v[rank::world] for k, v in data.items()})
     actor = PolicyRole(cfg.actor, path, 1, 1.0, policy_loss_settings(cfg)).update(piece, 1)
@@ -132,7 +132,9 @@ def test_reported_losses_are_the_mini_batch_values_at_4_micro_batches_and_dp_2(s
     identical values), equal to one computation over the full batch."""
     from transformers import AutoModelForCausalLM
 
-    from rlpost.algorithms import PolicyLossSettings, ValueLossSettings, actor_loss, value_loss
+    from rlpost.algorithms import actor_loss, value_loss
+    from rlpost.config import load_config
+    from rlpost.config.derived import policy_loss_settings, value_loss_settings
 
     path, data, _ = setup
     results = run_ranks(_four_micro_batches_on_two_ranks, 2, path, data)
@@ -142,11 +144,11 @@ def test_reported_losses_are_the_mini_batch_values_at_4_micro_batches_and_dp_2(s
         logp = torch.log_softmax(hf(data["input_ids"]).logits[:, :-1], -1)
     lp = logp.gather(-1, data["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
     entropy = -(logp.exp() * logp).sum(-1)
-    settings = PolicyLossSettings(entropy_coeff=0.01, use_kl_loss=True, kl_loss_coef=0.001)
-    _, want = actor_loss(lp, data["old_log_probs"], data["advantages"], mask, settings, entropy=entropy,
-                         ref_log_prob=data["ref_log_probs"])
+    cfg = load_config(None, BASE + FOUR_BY_TWO, check_files=False)
+    _, want = actor_loss(lp, data["old_log_probs"], data["advantages"], mask, policy_loss_settings(cfg),
+                         entropy=entropy, ref_log_prob=data["ref_log_probs"])
     values = results[0][2]
-    _, want_critic = value_loss(values, data["old_values"], data["returns"], mask, ValueLossSettings())
+    _, want_critic = value_loss(values, data["old_values"], data["returns"], mask, value_loss_settings(cfg))
     for actor, critic, _ in results:
         for key in ("pg_loss", "entropy", "kl_loss", "pg_clipfrac", "ppo_kl"):
             assert actor[key] == pytest.approx(float(want[key]), rel=1e-4, abs=1e-7), key

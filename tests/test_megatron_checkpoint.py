@@ -6,8 +6,8 @@ the no-weight-decay group) round-trips too."""
 import pytest
 import torch
 
-from rlpost.testing.tiny_models import make_tiny_checkpoint
 from rlpost.testing.distributed import run_ranks
+from rlpost.testing.tiny_models import make_tiny_checkpoint
 
 OVERRIDES = ["actor.optim.lr=1e-3", "actor.optim.eps=1e-2", "actor.entropy_coeff=0.01"]
 

@@ -5,8 +5,8 @@ layout: layouts smaller than the world are data-parallel replicas."""
 import pytest
 import torch
 
-from rlpost.testing.tiny_models import make_tiny_checkpoint
 from rlpost.testing.distributed import run_ranks
+from rlpost.testing.tiny_models import make_tiny_checkpoint
 
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2)]
 TOLERANCE = 1e-4
@@ -39,7 +39,7 @@ def _rank(rank, world, checkpoints, export_dir):
             stage = build_stage(path)
             group = ps.get_tensor_model_parallel_group()
 
-            def full_logits(logits, mb):
+            def full_logits(logits, mb, tp=tp, group=group, hf=hf):
                 shards = [torch.empty_like(logits) for _ in range(tp)]
                 dist.all_gather(shards, logits.contiguous(), group=group)
                 return torch.cat(shards, -1)[..., : hf.config.vocab_size]
@@ -53,7 +53,9 @@ def _rank(rank, world, checkpoints, export_dir):
             results[(name, tp, pp, "mismatch")] = [k for k, v in exported.items() if not torch.equal(v, reference[k])]
             if name == "llama" and (tp, pp) == (2, 2):
                 export_hf(stage, export_dir, path)
-            results[(name, tp, pp, "expected_names")] = sorted(k for k in reference if not (hf.config.tie_word_embeddings and k == "lm_head.weight"))
+            tied_head = hf.config.tie_word_embeddings
+            results[(name, tp, pp, "expected_names")] = sorted(
+                k for k in reference if not (tied_head and k == "lm_head.weight"))
     return results
 
 

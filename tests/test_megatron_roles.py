@@ -4,8 +4,8 @@ transformers computing the same quantities; a critic update lowers the clipped v
 import pytest
 import torch
 
-from rlpost.testing.tiny_models import make_tiny_checkpoint
 from rlpost.testing.distributed import run_ranks
+from rlpost.testing.tiny_models import make_tiny_checkpoint
 
 TOLERANCE = 1e-4
 

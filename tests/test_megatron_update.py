@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from rlpost.config import load_config
-from rlpost.testing.tiny_models import make_tiny_checkpoint
 from rlpost.testing.distributed import run_ranks
+from rlpost.testing.tiny_models import make_tiny_checkpoint
 
 TOLERANCE = 1e-6
 SEQS, LENGTH, PROMPT = 8, 12, 4
@@ -42,10 +42,10 @@ def _data(path):
 def _rank(rank, world, path, tp, pp, data, overrides):
     from megatron.core import parallel_state as ps
 
+    from rlpost.config.derived import policy_loss_settings
     from rlpost.megatron.model import build_stage, stream_hf_weights
     from rlpost.megatron.optim import build_optimizer, wrap_ddp
     from rlpost.megatron.parallel import setup_model_parallel
-    from rlpost.config.derived import policy_loss_settings
     from rlpost.megatron.update import actor_loss_fn, loss_denominators, train_step
 
     cfg = load_config(None, overrides, check_files=False)
@@ -108,10 +108,10 @@ def test_parallel_update_matches_single_process(runs, layout):
 
 
 def _one_step(rank, world, path, data, on_policy):
+    from rlpost.config.derived import policy_loss_settings
     from rlpost.megatron.model import build_stage, stream_hf_weights
     from rlpost.megatron.optim import build_optimizer, wrap_ddp
     from rlpost.megatron.parallel import setup_model_parallel
-    from rlpost.config.derived import policy_loss_settings
     from rlpost.megatron.update import actor_loss_fn, loss_denominators, train_step
 
     cfg = load_config(None, ["actor.optim.lr=1e-3", "actor.optim.eps=1e-2"], check_files=False)

@@ -109,12 +109,14 @@ def _layouts_rank(rank, world, bucket_bytes):
         _, j = plan.inference_position(rank)
         stats, shards = TransferStats(), {}
 
-        def buckets():
-            for bucket in inference_buckets(plan, rank, params, dims, groups, bucket_bytes, torch.float32, stats):
+        def recorded(buckets, shards=shards):
+            for bucket in buckets:
                 shards.update(bucket)
                 yield bucket
 
-        full = {name: t for bucket in full_buckets(plan, rank, buckets(), dims, replica_groups) for name, t in bucket}
+        sent = inference_buckets(plan, rank, params, dims, groups, bucket_bytes, torch.float32, stats)
+        full = {name: t for bucket in full_buckets(plan, rank, recorded(sent), dims, replica_groups)
+                for name, t in bucket}
         bad = [name for name in state if not torch.equal(shards[name], reference_slice(name, state[name], dims, tp,
                                                                                          infer_tp, j))]
         bad += [f"full {name}" for name in state if not torch.equal(full[name], state[name])]
@@ -155,8 +157,8 @@ def _push_rank(rank, world, base, urls, master_port):
     from transformers import AutoConfig
 
     from rlpost.models.safetensors_dir import SafetensorsDir
-    from rlpost.resharding.transfer import inference_buckets, make_groups
     from rlpost.resharding.servers import WeightServers
+    from rlpost.resharding.transfer import inference_buckets, make_groups
     from rlpost.resharding.transports import BroadcastTransport, HTTPTransport, push_buckets
 
     dims = ModelDims.from_hf_config(AutoConfig.from_pretrained(base))
@@ -177,10 +179,10 @@ def test_resharded_weights_pushed_over_http_and_broadcast_serve_the_trained_mode
     import json
     import urllib.request
 
-    from rlpost.rollout.launcher import ServerProcess, ServerSpec
     from transformers import AutoModelForCausalLM
 
     from rlpost.net import free_port
+    from rlpost.rollout.launcher import ServerProcess, ServerSpec
     from rlpost.testing.tiny_models import make_tiny_checkpoint
 
     base = make_tiny_checkpoint("qwen2", tmp_path / "base")

@@ -3,8 +3,8 @@ every endpoint, with SGLang's field names."""
 
 import asyncio
 import json
-import time
 import threading
+import time
 
 import pytest
 import torch
@@ -48,7 +48,8 @@ def reference_greedy(path, prompt=PROMPT, n=8):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
 
 
 def test_generate_fields_batches_n_and_logprobs(server):
@@ -303,7 +304,8 @@ def test_weight_updates_address_every_tp_rank_of_sglang_servers():
 
         async def update(request):
             body = await request.json()
-            tensors = [dict(pickle.loads(base64.b64decode(body["serialized_named_tensors"][r]))) for r in range(tp_size)]
+            tensors = [dict(pickle.loads(base64.b64decode(body["serialized_named_tensors"][r])))
+                       for r in range(tp_size)]
             seen.setdefault("tensors", []).append((tp_size, len(body["serialized_named_tensors"]), tensors))
             return web.json_response({"success": True, "message": "Succeeded to update model weights."})
 

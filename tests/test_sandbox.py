@@ -114,9 +114,9 @@ def test_fetch_files_reads_only_regular_files_inside_the_working_directory(sandb
 
 def test_no_network_not_even_the_hosts_loopback(sandbox):
     port = int(sandbox.url.rsplit(":", 1)[1])
-    code = ("import socket\nfor addr in [('127.0.0.1', %d), ('1.1.1.1', 80)]:\n"
+    code = (f"import socket\nfor addr in [('127.0.0.1', {port}), ('1.1.1.1', 80)]:\n"
             "    try:\n        socket.create_connection(addr, timeout=2)\n        print('connected', addr)\n"
-            "    except OSError as e:\n        print('refused', addr, e.errno)\n") % port
+            "    except OSError as e:\n        print('refused', addr, e.errno)\n")
     answer = run(sandbox.url, code)
     out = answer["run_result"]["stdout"]
     assert "connected" not in out and out.count("refused") == 2, out

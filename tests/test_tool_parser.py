@@ -51,7 +51,8 @@ def test_json_format_reads_fenced_and_bare_calls_and_leaves_other_json_alone():
             'Config {"a": 1} and {broken, then {"name": "search", "parameters": {"query_list": ["q"]}}'
             ' and {"name": "nope", "arguments": {}}')
     parsed = parse_tool_calls(text, TOOLS, fmt="json")
-    assert parsed.tool_calls == [ToolCall("calc_gsm8k_reward", {"answer": "72"}), ToolCall("search", {"query_list": ["q"]})]
+    assert parsed.tool_calls == [ToolCall("calc_gsm8k_reward", {"answer": "72"}),
+                                 ToolCall("search", {"query_list": ["q"]})]
     assert len(parsed.errors) == 1 and "unknown tool 'nope'" in parsed.errors[0]
     assert [type(i) for i in parsed.items] == [ToolCall, ToolCall, str]
     assert 'Config {"a": 1} and {broken, then' in parsed.content

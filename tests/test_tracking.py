@@ -46,5 +46,5 @@ def test_console_shows_short_names(tmp_path, capsys):
     tracker.log({"reward/mean": 0.5, "response_length/mean": 12.0, "val/gsm8k/acc": 0.25, "other": 1.0}, 1)
     tracker.close()
     out = capsys.readouterr()
-    line = next(l for l in (out.out + out.err).splitlines() if l.startswith("step 1:"))
+    line = next(text for text in (out.out + out.err).splitlines() if text.startswith("step 1:"))
     assert line == "step 1: reward=0.5 response_len=12 val/gsm8k/acc=0.25"

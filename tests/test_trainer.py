@@ -66,6 +66,12 @@ def _train(tiny, experiment: str, extra: list[str]) -> subprocess.Popen:
 def test_killed_run_resumes_to_the_same_metrics(tiny):
     assert _train(tiny, "straight", []).wait(timeout=600) == 0
     straight = read_metrics(Path(tiny["model"]).parent, "straight")
+    # a clean console: the workers' library warnings (megatron's, torch's) are in the run's warnings.log instead
+    console = (Path(tiny["model"]).parent / "straight.log").read_text()
+    assert "Warning" not in console and "(TrainWorker" not in console, console[:2000]
+    run = Path(tiny["model"]).parent / "runs" / "rlpost" / "straight"
+    assert "TrainWorker rank 0: " in (run / "warnings.log").read_text()
+    assert "saved checkpoint of step 4" in (run / "rlpost.log").read_text()
     run = Path(tiny["model"]).parent / "runs" / "rlpost" / "killed"
     process = _train(tiny, "killed", [])
     deadline = time.monotonic() + 600

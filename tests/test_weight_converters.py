@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from rlpost.models.weights import (
-    ModelDims, hf_names_for_rank, hf_to_megatron_shard, megatron_param_names, megatron_to_hf, padded_vocab,
+    ModelDims,
+    hf_names_for_rank,
+    hf_to_megatron_shard,
+    megatron_param_names,
+    megatron_to_hf,
+    padded_vocab,
     stage_layers,
 )
 from rlpost.testing.tiny_models import tiny_config
@@ -17,7 +22,7 @@ from rlpost.testing.tiny_models import tiny_config
 VOCAB = 500  # not a multiple of 8 * tp for any tp used here, so every layout pads
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hf_model(arch: str, **overrides):
     from transformers import AutoModelForCausalLM
 
@@ -160,7 +165,7 @@ def test_each_rank_reads_only_its_stage(tied):
     for stage in range(4):
         for rank in range(2):
             read = []
-            hf_to_megatron_shard(lambda n: read.append(n) or state[n], dims, 2, 4, rank, stage, 512)
+            hf_to_megatron_shard(lambda n, read=read: read.append(n) or state[n], dims, 2, 4, rank, stage, 512)
             assert sorted(read) == hf_names_for_rank(dims, 2, 4, rank, stage)  # each tensor read once, none extra
             assert all(n.startswith(f"model.layers.{stage}.") for n in read if ".layers." in n)
             # megatron gives a tied last stage (pp > 1) its own copy of the embedding as output_layer.weight

@@ -8,7 +8,12 @@ from rlpost.algorithms.advantages import ADV_ESTIMATORS, EstimatorFacts, compute
 from rlpost.algorithms.aggregation import LOSS_AGG_MODES, Denominators, agg_loss
 from rlpost.algorithms.kl import KL_ESTIMATORS, apply_kl_in_reward, kl_penalty, make_kl_controller
 from rlpost.algorithms.losses import (
-    POLICY_LOSSES, PolicyLossFacts, PolicyLossSettings, ValueLossSettings, actor_loss, value_loss,
+    POLICY_LOSSES,
+    PolicyLossFacts,
+    PolicyLossSettings,
+    ValueLossSettings,
+    actor_loss,
+    value_loss,
 )
 
 __all__ = [

@@ -8,8 +8,8 @@ Outcome-reward estimators (grpo, rloo, ...) score a sample by the sum of its tok
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

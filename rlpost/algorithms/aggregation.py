@@ -24,7 +24,7 @@ class Denominators:
     loss_scale_factor: float  # Dr. GRPO's constant per-sequence normaliser (rlpost sets data.max_response_length)
 
     @classmethod
-    def of(cls, mask: torch.Tensor, loss_scale_factor: float | None = None) -> "Denominators":
+    def of(cls, mask: torch.Tensor, loss_scale_factor: float | None = None) -> Denominators:
         """One tensor's own counts; loss_scale_factor defaults to its width (verl's default when unset)."""
         return cls(tokens=float(mask.sum()), seqs=float((mask.sum(-1) > 0).sum()), rows=float(mask.shape[0]),
                    loss_scale_factor=float(loss_scale_factor or mask.shape[-1]))

@@ -22,25 +22,26 @@ POLICY_LOSSES: Registry = Registry("policy loss", PolicyLossFacts)
 
 @dataclass(frozen=True, kw_only=True)
 class PolicyLossSettings:
-    """Everything the actor's loss reads, built from the config in one place (rlpost.config.derived)."""
+    """Everything the actor's loss reads, built from the config in one place (rlpost.config.derived); no defaults
+    here, so none can drift from configs/."""
 
-    policy_loss: str = "vanilla"
-    loss_agg_mode: str = "token-mean"
-    clip_ratio_low: float = 0.2
-    clip_ratio_high: float = 0.2
-    clip_ratio_c: float = 3.0
-    entropy_coeff: float = 0.0
-    use_kl_loss: bool = False
-    kl_loss_coef: float = 0.0
-    kl_loss_type: str = "low_var_kl"
-    loss_scale_factor: float | None = None  # seq-mean-token-sum-norm's constant
+    policy_loss: str
+    loss_agg_mode: str
+    clip_ratio_low: float
+    clip_ratio_high: float
+    clip_ratio_c: float
+    entropy_coeff: float
+    use_kl_loss: bool
+    kl_loss_coef: float
+    kl_loss_type: str
+    loss_scale_factor: float | None  # seq-mean-token-sum-norm's constant (None: the tensor's width)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ValueLossSettings:
-    cliprange_value: float = 0.5
-    loss_agg_mode: str = "token-mean"
-    loss_scale_factor: float | None = None
+    cliprange_value: float
+    loss_agg_mode: str
+    loss_scale_factor: float | None
 
 
 def _clipped(ratio: torch.Tensor, advantages: torch.Tensor, s: PolicyLossSettings):

@@ -65,7 +65,7 @@ class ResourcePool:
     def size(self) -> int:
         return self.n_nodes * self.per_node
 
-    def create(self, timeout_s: float = 300.0) -> "ResourcePool":
+    def create(self, timeout_s: float = 300.0) -> ResourcePool:
         import ray
         from ray.util.placement_group import placement_group
 

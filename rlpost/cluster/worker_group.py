@@ -28,7 +28,8 @@ class WorkerGroup:
         self.workers = [
             remote.options(
                 num_cpus=1, num_gpus=pool.gpus_per_bundle,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(group, bundle, placement_group_capture_child_tasks=False),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    group, bundle, placement_group_capture_child_tasks=False),
             ).remote(rank, len(bundles), pool.per_node, *args, **kwargs)
             for rank, (group, bundle) in enumerate(bundles)
         ]

@@ -9,8 +9,9 @@ import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -117,9 +118,10 @@ class _Builder:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in names:
-                where = f"key '{_dotted(path + (str(key),))}' in section '{_dotted(path)}'" if path else f"section '{key}'"
+                here = path + (str(key),)
+                where = f"key '{_dotted(here)}' in section '{_dotted(path)}'" if path else f"section '{key}'"
                 self.problems.append(
-                    f"unknown {where} (from {_source(self.prov, path + (str(key),))}){did_you_mean(key, names)}"
+                    f"unknown {where} (from {_source(self.prov, here)}){did_you_mean(key, names)}"
                 )
         hints = typing.get_type_hints(cls)
         values = {}

@@ -7,7 +7,7 @@ Field constraints go in `metadata` and are checked by rlpost.config.loader:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from rlpost.algorithms import ADV_ESTIMATORS, KL_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
 
@@ -29,8 +29,8 @@ class DataConfig:
     max_prompt_length: int = rule(**POSITIVE)
     max_response_length: int = rule(**POSITIVE)
     train_batch_size: int = rule(**POSITIVE)
-    val_batch_size: Optional[int] = rule(**POSITIVE)
-    val_max_samples: Optional[int] = rule(**POSITIVE)
+    val_batch_size: int | None = rule(**POSITIVE)
+    val_max_samples: int | None = rule(**POSITIVE)
     shuffle: bool
     seed: int
     filter_overlong_prompts: bool
@@ -58,7 +58,7 @@ class TrainedRoleConfig:
     pp: int = rule(**POSITIVE)
     ppo_mini_batch_size: int = rule(**POSITIVE)
     micro_batch_size: int = rule(**POSITIVE)
-    max_tokens_per_micro_batch: Optional[int] = rule(**POSITIVE)
+    max_tokens_per_micro_batch: int | None = rule(**POSITIVE)
     ppo_epochs: int = rule(**POSITIVE)
     loss_agg_mode: str = rule(choices=LOSS_AGG_MODES.names)
     optim: OptimConfig
@@ -75,19 +75,19 @@ class ActorConfig(TrainedRoleConfig):
     use_kl_loss: bool
     kl_loss_coef: float = rule(min=0.0)
     kl_loss_type: str = rule(choices=KL_ESTIMATORS.names)
-    loss_scale_factor: Optional[float] = rule(gt=0.0)
+    loss_scale_factor: float | None = rule(gt=0.0)
 
 
 @dataclass
 class CriticConfig(TrainedRoleConfig):
-    model_path: Optional[str]
+    model_path: str | None
     cliprange_value: float = rule(gt=0.0)
 
 
 @dataclass
 class RefConfig:
     micro_batch_size: int = rule(**POSITIVE)
-    max_tokens_per_micro_batch: Optional[int] = rule(**POSITIVE)
+    max_tokens_per_micro_batch: int | None = rule(**POSITIVE)
 
 
 @dataclass
@@ -102,15 +102,15 @@ class SamplingConfig:
 @dataclass
 class MultiTurnConfig:
     enable: bool
-    max_assistant_turns: Optional[int] = rule(**POSITIVE)
-    max_user_turns: Optional[int] = rule(**POSITIVE)
+    max_assistant_turns: int | None = rule(**POSITIVE)
+    max_user_turns: int | None = rule(**POSITIVE)
     max_parallel_calls: int = rule(**POSITIVE)
     max_tool_response_length: int = rule(**POSITIVE)
     tool_response_truncate_side: Literal["left", "middle", "right"]
     tool_timeout_s: float = rule(gt=0.0)
     format: Literal["hermes", "json"]
-    tool_config_path: Optional[str]
-    interaction_config_path: Optional[str]
+    tool_config_path: str | None
+    interaction_config_path: str | None
 
 
 @dataclass
@@ -163,7 +163,7 @@ class OverlongBufferConfig:
 
 @dataclass
 class RewardConfig:
-    custom_function: Optional[str]
+    custom_function: str | None
     kwargs: dict[str, Any]
     overlong_buffer: OverlongBufferConfig
 
@@ -174,7 +174,7 @@ class TrainerConfig:
     experiment_name: str
     output_dir: str
     total_epochs: int = rule(**POSITIVE)
-    total_training_steps: Optional[int] = rule(**POSITIVE)
+    total_training_steps: int | None = rule(**POSITIVE)
     seed: int
     logger: list[Literal["console", "jsonl", "tensorboard", "wandb"]]
     log_samples: int = rule(min=0)
@@ -191,7 +191,7 @@ class ClusterConfig:
     n_gpus_per_node: int = rule(**POSITIVE)
     placement: Literal["colocated", "split"]
     rollout_n_gpus: int = rule(min=0)
-    ray_address: Optional[str]
+    ray_address: str | None
 
 
 @dataclass

@@ -3,7 +3,7 @@ streams of such batches a run draws from."""
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rlpost.data.io import read_rows
 from rlpost.data.schema import RowError, validate_row
@@ -71,7 +72,8 @@ class RLDataset:
                     if truncation == "error":
                         raise RowError(str(path), i, prompt_key, f"renders to {len(prompt_ids)} tokens, more than "
                                        f"data.max_prompt_length = {max_prompt_length}")
-                    prompt_ids = prompt_ids[-max_prompt_length:] if truncation == "left" else prompt_ids[:max_prompt_length]
+                    keep = slice(-max_prompt_length, None) if truncation == "left" else slice(max_prompt_length)
+                    prompt_ids = prompt_ids[keep]
                 self.samples.append(PromptSample(
                     uid=f"{path}:{i}", data_source=row["data_source"], messages=row["prompt"],
                     ground_truth=row["reward_model"]["ground_truth"], prompt_ids=list(prompt_ids),

@@ -6,7 +6,7 @@ by length and each micro-batch is trimmed to its own longest sequence instead of
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -8,7 +8,7 @@ are its share of the mini-batch's, and the step sums them over micro-batches and
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist

@@ -11,8 +11,8 @@ tensor parallelism, so the forward conversion and its streaming inverse cannot d
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import torch
 
@@ -40,7 +40,7 @@ class ModelDims:
     qk_norm: bool
 
     @classmethod
-    def from_hf_config(cls, config) -> "ModelDims":
+    def from_hf_config(cls, config) -> ModelDims:
         get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
         model_type = get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
@@ -48,7 +48,8 @@ class ModelDims:
             raise ValueError(f"model_type '{model_type}' is not supported; supported: {supported}")
         if get("mlp_bias", False) or (model_type != "qwen2" and get("attention_bias", False)):
             # megatron cannot bias linear_proj or the MLP without biasing both; dropping them would be silent
-            raise ValueError(f"{model_type} with attention_bias/mlp_bias (biases on o_proj or the MLP) is not supported")
+            raise ValueError(f"{model_type} with attention_bias/mlp_bias (biases on o_proj or the MLP) is not "
+                             f"supported")
         heads, hidden = get("num_attention_heads"), get("hidden_size")
         return cls(
             num_layers=get("num_hidden_layers"), hidden=hidden, heads=heads,

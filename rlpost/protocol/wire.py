@@ -6,8 +6,9 @@ import base64
 import io
 import json
 import pickle
+from collections.abc import Iterable
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 

@@ -87,7 +87,8 @@ def make_plan(tp: int, pp: int, dp: int, infer_tp: int, infer_pp: int = 1) -> Re
     if infer_pp != 1:
         raise LayoutError(f"infer_pp = {infer_pp}: inference servers here are tensor-parallel only (infer_pp 1)")
     if world % infer_tp:
-        raise LayoutError(f"infer_tp = {infer_tp} does not divide the {world} training ranks (tp {tp} x pp {pp} x dp {dp})")
+        raise LayoutError(f"infer_tp = {infer_tp} does not divide the {world} training ranks "
+                          f"(tp {tp} x pp {pp} x dp {dp})")
     if tp % infer_tp == 0:
         return _micro_dp_plan(tp, pp, dp, infer_tp)
     if infer_tp % tp == 0:

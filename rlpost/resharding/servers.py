@@ -65,7 +65,8 @@ class WeightServers:
 
     def update_from_disk(self, model_path: str, version: str | None = None) -> None:
         """Every server reloads its weights from a model directory it can read."""
-        self._update("/update_weights_from_disk", [{"model_path": model_path, "weight_version": version}] * len(self.urls))
+        payload = {"model_path": model_path, "weight_version": version}
+        self._update("/update_weights_from_disk", [payload] * len(self.urls))
 
     def init_group(self, master_address: str, master_port: int, group_name: str, backend: str) -> None:
         """Every server joins one group with the caller at rank 0, a server's TP ranks at consecutive ranks from its

@@ -9,7 +9,7 @@ Synchronous on purpose: resharding runs in the training worker's thread, bucket 
 from __future__ import annotations
 
 import threading
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rlpost.registry import Registry
 from rlpost.rewards import gsm8k

@@ -3,7 +3,7 @@ overlong shaping. Multi-turn samples also hand the function what their tools and
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from rlpost.config.schema import OverlongBufferConfig, RewardConfig
 from rlpost.rewards.registry import RewardScorer

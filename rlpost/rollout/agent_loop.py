@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from rlpost.batch import Batch
 from rlpost.registry import did_you_mean
@@ -114,7 +115,8 @@ class Trajectory:
         s = self.settings
         while True:  # _append leaves room under the budget, so every generation has at least one token
             text = await self._generate(s.max_response_tokens - self.response_tokens)
-            if self.finish_reason != "stop" or (s.max_assistant_turns and self.assistant_turns >= s.max_assistant_turns):
+            out_of_turns = s.max_assistant_turns and self.assistant_turns >= s.max_assistant_turns
+            if self.finish_reason != "stop" or out_of_turns:
                 return
             if s.max_user_turns and self.user_turns >= s.max_user_turns:  # before tools or the user act on it
                 return

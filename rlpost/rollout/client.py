@@ -16,8 +16,9 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 
@@ -55,7 +56,7 @@ class SGLangClient:
         self._round = itertools.count()
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> "SGLangClient":
+    async def __aenter__(self) -> SGLangClient:
         return self
 
     async def __aexit__(self, *exc) -> None:

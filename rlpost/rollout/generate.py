@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -104,6 +104,6 @@ def to_batch(samples: list[Sample], pad_token_id: int) -> Batch:
         scores[torch.arange(n), torch.tensor(lengths) - 2] = torch.tensor([s.fields["score"] for s in samples])
         tensors["token_level_scores"] = scores
     keys = samples[0].fields.keys()
-    return Batch(tensors=tensors,
-                 fields={**{k: [s.fields[k] for s in samples] for k in keys},
-                         "response_text": [s.text for s in samples], "finish_reason": [s.finish_reason for s in samples]})
+    fields = {k: [s.fields[k] for s in samples] for k in keys}
+    fields |= {"response_text": [s.text for s in samples], "finish_reason": [s.finish_reason for s in samples]}
+    return Batch(tensors=tensors, fields=fields)

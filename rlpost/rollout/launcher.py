@@ -57,7 +57,8 @@ def server_command(spec: ServerSpec) -> list[str]:
     if spec.engine == "sglang":
         options.update({"--mem-fraction-static": spec.mem_fraction_static, "--base-gpu-id": spec.base_gpu_id,
                         "--tool-call-parser": spec.tool_call_parser})
-        cmd += ["--enable-memory-saver"] * spec.enable_memory_saver + ["--disable-radix-cache"] * spec.disable_radix_cache
+        cmd += ["--enable-memory-saver"] * spec.enable_memory_saver
+        cmd += ["--disable-radix-cache"] * spec.disable_radix_cache
     for flag, value in options.items():
         if value is not None:
             cmd += [flag, str(value)]
@@ -75,7 +76,7 @@ class ServerProcess:
         self.log_path = Path(log_path)
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         self.start()
         return self
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from contextlib import contextmanager
-from typing import Callable, ContextManager, Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 
@@ -22,7 +22,7 @@ from rlpost.rollout.client import SGLangClient
 from rlpost.rollout.generate import Sample, generate, to_batch
 from rlpost.tools import load_interactions, load_tools, openai_schemas
 
-Timer = Callable[[str], ContextManager]  # timer("phase") times the block under that name
+Timer = Callable[[str], AbstractContextManager]  # timer("phase") times the block under that name
 Reward = Callable[[list[str], list[dict], list[int]], list[dict]]  # rlpost.rewards.reward.Reward
 _MEMORY = ["kv_cache"]  # what the hybrid engine hands back while training
 

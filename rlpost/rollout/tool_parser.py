@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Collection
 
 from rlpost.registry import did_you_mean
 
@@ -84,7 +84,8 @@ def _json_calls(text: str) -> list[tuple[int, int, dict]]:
         except (json.JSONDecodeError, RecursionError):
             end = i + 1
         else:
-            if isinstance(obj, dict) and isinstance(obj.get("name"), str) and ("arguments" in obj or "parameters" in obj):
+            named = isinstance(obj, dict) and isinstance(obj.get("name"), str)
+            if named and ("arguments" in obj or "parameters" in obj):
                 out.append((i, end, obj))
             else:
                 end = i + 1

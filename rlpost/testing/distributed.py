@@ -7,7 +7,8 @@ import os
 import pickle
 import queue
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rlpost.net import free_port
 
@@ -44,7 +45,8 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args, timeout: float = 6
             try:
                 rank, ok, value = results.get(timeout=timeout)
             except queue.Empty:
-                raise TimeoutError(f"ranks {sorted(set(range(world_size)) - set(out))} gave no result in {timeout}s")
+                raise TimeoutError(f"ranks {sorted(set(range(world_size)) - set(out))} gave no result in {timeout}s"
+                                   ) from None
             if not ok:
                 raise RuntimeError(f"rank {rank} failed:\n{value}")
             out[rank] = pickle.loads(value)

@@ -21,6 +21,7 @@ def make_tiny_run(root: str | Path, arch: str = "qwen2", n_train: int = 16, n_va
         f"actor.model_path={model_dir}", f"data.train_files=[{train}]", f"data.val_files=[{val}]",
         "data.max_prompt_length=128", "data.max_response_length=16", "data.train_batch_size=4",
         "actor.ppo_mini_batch_size=2", "actor.micro_batch_size=4", "actor.optim.lr=1e-3", "rollout.sampling.n=2",
-        "rollout.dtype=float32", "rollout.max_num_seqs=16", "trainer.logger=[jsonl]", f"trainer.output_dir={root / 'runs'}",
+        "rollout.dtype=float32", "rollout.max_num_seqs=16", "trainer.logger=[jsonl]",
+        f"trainer.output_dir={root / 'runs'}",
         "trainer.val_every=0", "trainer.val_before_train=false", "reward.kwargs={method: flexible}",
     ]}

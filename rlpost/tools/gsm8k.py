@@ -20,7 +20,8 @@ class Gsm8kTool(BaseTool):
         self._state: dict[str, dict] = {}
 
     def get_openai_tool_schema(self) -> ToolSchema:
-        return ToolSchema("calc_gsm8k_reward", "Checks an answer to the GSM8K problem: 1.0 if it is correct, 0.0 if not.",
+        return ToolSchema("calc_gsm8k_reward",
+                          "Checks an answer to the GSM8K problem: 1.0 if it is correct, 0.0 if not.",
                           {"type": "object", "properties": {"answer": {"type": "string", "description":
                            "The final answer, a number"}}, "required": ["answer"]})
 

@@ -1,6 +1,7 @@
 """Request-rate limits for tools that call shared services (a code sandbox, a retriever): one token bucket per
-service URL. Within a Ray job the buckets are shared by every process (rlpost.cluster.shared_rate_limit plugs that in), so
-N rollout workers together stay under the service's rate, not N times it; otherwise each process has its own."""
+service URL. Within a Ray job the buckets are shared by every process (rlpost.cluster.shared_rate_limit plugs that
+in), so N rollout workers together stay under the service's rate, not N times it; otherwise each process has its
+own."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 import hashlib
 import threading
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 
 class TokenBucket:

@@ -13,7 +13,7 @@ class ToolSchema:
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}, "required": []})
 
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> "ToolSchema":
+    def from_dict(cls, data: Any, where: str) -> ToolSchema:
         """From `{type: function, function: {name, description, parameters}}`; `where` names the file and entry for
         errors. Parameters are kept whole (JSON schema, `items` of arrays included)."""
         if not isinstance(data, dict) or data.get("type") != "function" or not isinstance(data.get("function"), dict):

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from rlpost.cluster.resources import ResourcePool
 from rlpost.cluster.worker_group import WorkerGroup
-from rlpost.config.schema import RLConfig
 from rlpost.config.derived import rollout_devices, training_devices
+from rlpost.config.schema import RLConfig
 from rlpost.workers.rollout import RolloutWorker
 from rlpost.workers.train_worker import TrainWorker
 

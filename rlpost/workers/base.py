@@ -8,11 +8,15 @@ import torch
 import torch.distributed as dist
 
 from rlpost.net import free_port
+from rlpost.run_log import warnings_to_file
 
 
 class Worker:
-    def __init__(self, rank: int, world: int, per_node: int):
+    def __init__(self, rank: int, world: int, per_node: int, run_dir: str | None = None):
+        """run_dir: where this process's Python warnings go (rlpost.run_log), instead of the driver's console."""
         self.rank, self.world = rank, world
+        if run_dir is not None:
+            warnings_to_file(run_dir, f"{type(self).__name__} rank {rank}")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         if not torch.cuda.is_available():
             # a "device" is a process here: share the node's cores between its workers

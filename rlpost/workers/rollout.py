@@ -55,7 +55,7 @@ class RolloutWorker(Worker):
 
     def __init__(self, rank: int, world: int, per_node: int, model_dir: str, cfg: RolloutConfig, context_length: int,
                  seed: int, log_dir: str):
-        super().__init__(rank, world, per_node)
+        super().__init__(rank, world, per_node, log_dir)
         if cfg.engine == "sglang":
             self.host = SGLangHost(model_dir, cfg, context_length, seed + rank, log_dir)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlpost.batch import Batch
+from rlpost.config import run_dir
 from rlpost.config.derived import policy_loss_settings, value_loss_settings
 from rlpost.config.schema import RLConfig
 from rlpost.dtypes import torch_dtype
@@ -19,7 +20,7 @@ from rlpost.workers.roles import CriticRole, PolicyRole
 class TrainWorker(Worker):
     def __init__(self, rank: int, world: int, per_node: int, cfg: RLConfig, model_dirs: dict[str, str],
                  total_steps: int, roles: list[str]):
-        super().__init__(rank, world, per_node)
+        super().__init__(rank, world, per_node, str(run_dir(cfg)))
         self.cfg, self.model_dirs, self.total_steps, self.roles = cfg, model_dirs, total_steps, set(roles)
         self.actor = self.ref = self.critic = self.engine_host = self.weight_sync = None
 

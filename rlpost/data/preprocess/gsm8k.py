@@ -63,7 +63,7 @@ def convert_file(input_path: str | Path, output_path: str | Path, split: str, mu
     rows = []
     for i, raw in enumerate(read_rows(input_path)):
         where = f"{input_path} row {i}"
-        if not isinstance(raw, dict) or not isinstance(raw.get("question"), str) or not isinstance(raw.get("answer"), str):
+        if not (isinstance(raw, dict) and isinstance(raw.get("question"), str) and isinstance(raw.get("answer"), str)):
             raise ValueError(f"{where}: expected string fields 'question' and 'answer', got {json.dumps(raw)[:200]}")
         try:
             rows.append(make_row(raw["question"], raw["answer"], i, split, data_source, multiturn))

@@ -18,9 +18,10 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -72,7 +73,7 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         """Run the loop on a background thread."""
         self._thread = threading.Thread(target=self.serve_forever, name="rlpost-engine", daemon=True)
         self._thread.start()
@@ -329,7 +330,7 @@ class Engine:
         self.stats["prefill_tokens"] += len(tokens)
         self.stats["cached_tokens"] += sum(r.cached_tokens for r in batch)
         todo = [(row, req) for row, req in zip(rows, batch) if req.params.max_new_tokens > 0]
-        for row, req in zip(rows, batch):
+        for req in batch:
             if req.params.max_new_tokens == 0:
                 req.finish_reason = {"type": "length", "length": 0}
         if todo:

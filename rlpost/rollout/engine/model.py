@@ -8,9 +8,9 @@ buckets all load through one table.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,8 @@ def rope_inv_freq(hf_config, head_dim: int) -> torch.Tensor:
     if settings.interpolation_factor:
         return inv_freq / settings.interpolation_factor
     if settings.scaling:
-        params = {**(getattr(hf_config, "rope_scaling", None) or {}), **(getattr(hf_config, "rope_parameters", None) or {})}
+        params = {**(getattr(hf_config, "rope_scaling", None) or {}),
+                  **(getattr(hf_config, "rope_parameters", None) or {})}
         factor, low, high = settings.scaling_factor, float(params["low_freq_factor"]), float(params["high_freq_factor"])
         original = float(params["original_max_position_embeddings"])
         wavelen = 2 * math.pi / inv_freq
@@ -94,7 +95,7 @@ class DecoderLM:
         self._packed: dict[int, torch.Tensor] = {}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: str = "float32") -> "DecoderLM":
+    def from_pretrained(cls, path: str | Path, dtype: str = "float32") -> DecoderLM:
         from transformers import AutoConfig
 
         model = cls(AutoConfig.from_pretrained(path), dtype)

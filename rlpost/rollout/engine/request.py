@@ -4,8 +4,9 @@ on arrival so a bad request is refused with a message instead of failing inside 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -37,7 +38,7 @@ class SamplingParams:
     sampling_seed: int | None = None
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> "SamplingParams":
+    def from_json(cls, data: dict[str, Any] | None) -> SamplingParams:
         data = dict(data or {})
         known = {f.name for f in fields(cls)}
         unknown = [k for k in data if k not in known]
@@ -70,9 +71,11 @@ class SamplingParams:
         need(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}")
         need(self.top_k == -1 or self.top_k >= 1, f"top_k must be -1 (disabled) or >= 1, got {self.top_k}")
         need(0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}")
-        need(-2.0 <= self.frequency_penalty <= 2.0, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")
+        need(-2.0 <= self.frequency_penalty <= 2.0,
+             f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")
         need(-2.0 <= self.presence_penalty <= 2.0, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}")
-        need(0.0 <= self.repetition_penalty <= 2.0, f"repetition_penalty must be in [0, 2], got {self.repetition_penalty}")
+        need(0.0 <= self.repetition_penalty <= 2.0,
+             f"repetition_penalty must be in [0, 2], got {self.repetition_penalty}")
         need(self.n >= 1, f"n must be >= 1, got {self.n}")
         need(self.stop is None or all(isinstance(s, str) and s for s in self.stop),
              "stop must be a string or a list of non-empty strings")
@@ -91,7 +94,7 @@ class Request:
     return_logprob: bool = False
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
-    on_update: Callable[["Request"], None] | None = None  # called from the engine thread after each new token
+    on_update: Callable[[Request], None] | None = None  # called from the engine thread after each new token
     stream: bool = False
     output_ids: list[int] = field(default_factory=list)
     output_logprobs: list[float] = field(default_factory=list)

@@ -52,7 +52,8 @@ class Sandbox:
         self.settings = settings or SandboxSettings()
         self.bwrap = shutil.which("bwrap")
         if self.bwrap is None:
-            raise SandboxUnavailable("bubblewrap (bwrap) is not installed; on Debian/Ubuntu: apt-get install bubblewrap")
+            raise SandboxUnavailable("bubblewrap (bwrap) is not installed; on Debian/Ubuntu: "
+                                     "apt-get install bubblewrap")
         visible = ("/usr/", *(p.rstrip("/") + "/" for p in self.settings.ro_binds))
         for path in (self.settings.python, self.settings.bash, *self.settings.ro_binds):
             if not Path(path).exists():

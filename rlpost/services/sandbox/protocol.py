@@ -35,7 +35,7 @@ class RunCodeRequest:
     fetch_files: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_json(cls, body: object) -> "RunCodeRequest":
+    def from_json(cls, body: object) -> RunCodeRequest:
         if not isinstance(body, dict):
             raise InvalidRequest("__root__", "the request body must be a JSON object")
         for name in ("code", "language"):

@@ -11,8 +11,7 @@ import logging
 from aiohttp import web
 
 from rlpost.services.sandbox.isolation import Sandbox, SandboxUnavailable
-from rlpost.services.sandbox.protocol import (InvalidRequest, RunCodeRequest, command_result,
-                                              run_code_response)
+from rlpost.services.sandbox.protocol import InvalidRequest, RunCodeRequest, command_result, run_code_response
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,8 @@ async def self_test(sandbox: Sandbox) -> None:
     for language, code in (("python", "print('ok')"), ("bash", "echo ok")):
         response = await sandbox.run(RunCodeRequest(code=code, language=language))
         if response["status"] != "Success" or response["run_result"]["stdout"] != "ok\n":
-            raise SandboxUnavailable(f"the sandbox cannot run {language}: {response['message'] or response['run_result']}")
+            why = response["message"] or response["run_result"]
+            raise SandboxUnavailable(f"the sandbox cannot run {language}: {why}")
 
 
 def serve(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 8080, max_concurrency: int = 8) -> None:
