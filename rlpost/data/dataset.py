@@ -46,6 +46,7 @@ class RLDataset:
         files: Sequence[str | Path],
         tokenizer,
         max_prompt_length: int,
+        *,
         prompt_key: str = "prompt",
         image_key: str = "images",
         filter_overlong: bool = True,
