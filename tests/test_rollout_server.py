@@ -164,17 +164,32 @@ def test_weight_update_from_tensor_disk_and_distributed_change_outputs(server, m
     assert disk == expected_base == restored
 
 
-def test_weight_group_backend_follows_the_device_and_is_sent_as_sglang_names_it(server):
-    """Split placement with GPU servers needs NCCL: the backend goes in /init_weights_update_group's `backend`
-    field (SGLang defaults it to nccl). The embedded engine is CPU-only, so it refuses nccl, naming the field's
-    value, and a request without the field (SGLang's default) alike."""
-    assert backend_for(torch.device("cuda", 0)) == "nccl" and backend_for(torch.device("cpu")) == "gloo"
-    weights = WeightServers([server.spec.url])
-    with pytest.raises(ServerError, match="backend 'nccl': the embedded engine runs on CPU"):
-        weights.init_group("127.0.0.1", free_port(), "nccl-group", "nccl")
+def test_weight_group_backend_follows_the_device_and_the_servers():
+    """Split placement with SGLang's GPU servers needs NCCL (a CUDA trainer, before: gloo always); the embedded
+    engine runs on CPU and joins gloo groups, whatever the trainer's device."""
+    assert backend_for("sglang", torch.device("cuda", 0)) == "nccl"
+    assert backend_for("sglang", torch.device("cpu")) == "gloo"
+    assert backend_for("embedded", torch.device("cuda", 0)) == "gloo"
+
+
+def test_the_embedded_server_refuses_nccl_as_sglang_would_send_it(server):
+    """A request without `backend` means nccl, as in SGLang, and the CPU-only engine refuses it with the reason
+    instead of hanging in a rendezvous."""
     body = {"master_address": "127.0.0.1", "master_port": free_port(), "rank_offset": 1, "world_size": 2}
-    with pytest.raises(ServerError, match="backend 'nccl'"):
+    with pytest.raises(ServerError, match="backend 'nccl': the embedded engine runs on CPU"):
         run(_with_client(server, lambda c: c.request(server.spec.url, "/init_weights_update_group", body)))
+
+
+def test_a_refused_broadcast_fails_at_once_instead_of_waiting_in_the_collective(server):
+    """The server joins the group, then refuses an announcement it cannot allocate (int64): the trainer's side
+    raises the server's reason while its broadcast is still waiting for a receiver that never comes."""
+    from rlpost.resharding.transports import BroadcastTransport
+
+    transport = BroadcastTransport(WeightServers([server.spec.url]), "127.0.0.1", free_port(), "gloo", "refusal")
+    start = time.monotonic()
+    with pytest.raises(ServerError, match="dtype 'int64' is not one of"):
+        transport.push([("model.norm.weight", torch.zeros(64, dtype=torch.int64))], True, "v")
+    assert time.monotonic() - start < 30
 
 
 def test_release_and_resume_memory_then_reload(server, models):
@@ -290,7 +305,8 @@ def test_client_retries_connection_errors_then_names_the_server():
 
 def test_weight_updates_address_every_tp_rank_of_sglang_servers():
     """SGLang (which cannot run here) with tp_size 2 and 1: each TP rank reads serialized_named_tensors[tp_rank]
-    and joins the weight group at rank_offset + tp_rank. The double answers those fields as SGLang does."""
+    and joins the weight group at rank_offset + tp_rank, with the backend the request names. The double answers
+    those fields as SGLang does."""
     import base64
     import pickle
 
@@ -311,7 +327,7 @@ def test_weight_updates_address_every_tp_rank_of_sglang_servers():
 
         async def init_group(request):
             body = await request.json()
-            seen.setdefault("offsets", []).append((tp_size, body["rank_offset"], body["world_size"]))
+            seen.setdefault("offsets", []).append((tp_size, body["rank_offset"], body["world_size"], body["backend"]))
             return web.json_response({"success": True, "message": "Succeeded to initialize custom process group."})
 
         app = web.Application()
@@ -340,7 +356,7 @@ def test_weight_updates_address_every_tp_rank_of_sglang_servers():
     assert run(go()) == 4
     assert sorted((tp, n) for tp, n, _ in seen["tensors"]) == [(1, 1), (2, 2)]
     assert all(torch.equal(t["w"], torch.arange(6.0).reshape(2, 3)) for _, _, ts in seen["tensors"] for t in ts)
-    assert sorted(seen["offsets"]) == [(1, 3, 4), (2, 1, 4)]
+    assert sorted(seen["offsets"]) == [(1, 3, 4, "nccl"), (2, 1, 4, "nccl")]
 
 
 def test_launcher_commands_and_failure_report(tmp_path):

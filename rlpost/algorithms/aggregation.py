@@ -1,4 +1,6 @@
-"""Loss aggregation modes: how a [batch, time] loss matrix becomes one scalar, with verl's semantics.
+"""Loss aggregation modes: how a [batch, time] loss matrix becomes one scalar, with verl's semantics (its
+core_algos.agg_loss as its actors call it: seq-mean-token-sum/-mean count the rows that have loss tokens, Dr. GRPO's
+mode every row; verl's newer engine path counts every row in all three).
 
 A mode divides by counts of the whole mini-batch (Denominators), so a micro-batch's value is its exact share of the
 mini-batch loss: shares summed over micro-batches and data-parallel ranks give the mini-batch loss, and accumulated
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlpost.algorithms.masked import masked_mean
 from rlpost.registry import Registry
 
 LOSS_AGG_MODES: Registry = Registry("loss aggregation mode")
@@ -19,8 +22,8 @@ LOSS_AGG_MODES: Registry = Registry("loss aggregation mode")
 @dataclass(frozen=True)
 class Denominators:
     tokens: float  # loss tokens
-    seqs: float  # rows with at least one loss token: seq-mean-token-sum/-mean leave empty rows out, as verl does
-    rows: float  # every row: Dr. GRPO's 1/G, as verl's actor divides by the mini-batch size
+    seqs: float  # rows with at least one loss token: seq-mean-token-sum/-mean leave empty rows out
+    rows: float  # every row: Dr. GRPO's 1/G (verl's actor scales by rows / ppo_mini_batch_size)
     loss_scale_factor: float  # Dr. GRPO's constant per-sequence normaliser (rlpost sets data.max_response_length)
 
     @classmethod
@@ -48,8 +51,7 @@ def seq_mean_token_sum(loss: torch.Tensor, mask: torch.Tensor, d: Denominators) 
 @LOSS_AGG_MODES.register("seq-mean-token-mean")
 def seq_mean_token_mean(loss: torch.Tensor, mask: torch.Tensor, d: Denominators) -> torch.Tensor:
     """Every sequence weighs the same (original GRPO)."""
-    per_seq = (loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    return _divide(per_seq.sum(), d.seqs)
+    return _divide(masked_mean(loss, mask, dim=-1).sum(), d.seqs)
 
 
 @LOSS_AGG_MODES.register("seq-mean-token-sum-norm")

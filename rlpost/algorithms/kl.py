@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlpost.algorithms.masked import masked_mean
 from rlpost.registry import Registry
 
 KL_ESTIMATORS: Registry = Registry("KL estimator")
@@ -51,8 +52,7 @@ def apply_kl_in_reward(
     """rewards = scores - beta * KL per token; also returns the batch's mean per-sequence KL for the controller."""
     mask = response_mask.to(token_level_scores.dtype)
     kl = kl_penalty(old_log_prob, ref_log_prob, estimator) * mask
-    seq_kl = kl.sum(-1) / mask.sum(-1).clamp(min=1)
-    return token_level_scores - kl_coef * kl, seq_kl.mean()
+    return token_level_scores - kl_coef * kl, masked_mean(kl, mask, dim=-1).mean()
 
 
 @dataclass

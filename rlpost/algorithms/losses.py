@@ -9,6 +9,7 @@ import torch
 
 from rlpost.algorithms.aggregation import Denominators, agg_loss, token_share
 from rlpost.algorithms.kl import kl_penalty
+from rlpost.algorithms.masked import masked_mean
 from rlpost.registry import Registry
 
 
@@ -71,15 +72,16 @@ def gspo(log_prob, old_log_prob, advantages, mask, s: PolicyLossSettings, d: Den
     """GSPO: one importance ratio per sequence (geometric mean of token ratios), clipped per sequence.
 
     The token-level form s_i * pi_t / sg(pi_t) keeps the value of the sequence ratio while routing its gradient
-    through each token. The paper's clip ranges are tiny (3e-4 / 4e-4) and it averages per sequence.
+    through each token. The paper's clip ranges are tiny (3e-4 / 4e-4); it averages per sequence whatever
+    loss_agg_mode says, as verl does (rlpost's config check also refuses another mode, which would apply to the
+    entropy and KL terms only).
     """
-    m = mask.to(log_prob.dtype)
     log_ratio = log_prob - old_log_prob
-    seq_log_ratio = (log_ratio * m).sum(-1) / m.sum(-1).clamp(min=1)
+    seq_log_ratio = masked_mean(log_ratio, mask.to(log_prob.dtype), dim=-1)
     token_log_ratio = (log_prob - log_prob.detach() + seq_log_ratio.detach().unsqueeze(-1)).clamp(max=10.0)
     loss_mat, was_clipped = _clipped(token_log_ratio.exp(), advantages, s)
     metrics = {"pg_clipfrac": token_share(was_clipped, mask, d), "ppo_kl": token_share(-log_ratio, mask, d)}
-    return agg_loss(loss_mat, mask, s.loss_agg_mode, d), metrics
+    return agg_loss(loss_mat, mask, POLICY_LOSSES.facts("gspo").loss_agg_mode, d), metrics
 
 
 def actor_loss(log_prob, old_log_prob, advantages, mask, s: PolicyLossSettings, d: Denominators | None = None, *,

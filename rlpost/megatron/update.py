@@ -19,20 +19,28 @@ from rlpost.megatron.forward import MicroBatch, OnOutput, logprobs_fn, run_sched
 from rlpost.megatron.model import StageModel
 
 
+def _all_reduce(values: list[float], group, op=dist.ReduceOp.SUM) -> list[float]:
+    """values reduced over the group (as they are without one): on the device its backend takes (NCCL: CUDA)."""
+    if not values or group is None or dist.get_world_size(group) == 1:
+        return values
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else None
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=op, group=group)
+    return tensor.tolist()
+
+
 def loss_denominators(micro_batches: list[MicroBatch], loss_scale_factor: float | None, dp_group=None
                       ) -> Denominators:
     """The whole mini-batch's counts: these micro-batches' summed over the data-parallel group."""
     masks = [mb["loss_mask"] for mb in micro_batches]
-    counts = torch.tensor([sum(float(m.sum()) for m in masks), sum(float((m.sum(-1) > 0).sum()) for m in masks),
-                           float(sum(m.shape[0] for m in masks))], dtype=torch.float64)
-    if dp_group is not None and dist.get_world_size(dp_group) > 1:
-        dist.all_reduce(counts, group=dp_group)
-    tokens, seqs, rows = counts.tolist()
+    tokens, seqs, rows = _all_reduce([sum(float(m.sum()) for m in masks),
+                                      sum(float((m.sum(-1) > 0).sum()) for m in masks),
+                                      float(sum(m.shape[0] for m in masks))], dp_group)
     return Denominators(tokens=tokens, seqs=seqs, rows=rows,
                         loss_scale_factor=float(loss_scale_factor or masks[0].shape[-1]))
 
 
-def actor_loss_fn(stage: StageModel, settings: PolicyLossSettings, n_micro_batches: int, dp: int,
+def actor_loss_fn(stage: StageModel, settings: PolicyLossSettings, *, n_micro_batches: int, dp: int,
                   denominators: Denominators, temperature: float = 1.0, on_policy: bool = False) -> OnOutput:
     """micro-batch keys: input_ids [b, s], loss_mask / advantages (/ old_log_probs / ref_log_probs /
     rollout_log_probs) [b, s-1]. The LM head runs on loss_mask positions only (response tokens).
@@ -56,7 +64,8 @@ def actor_loss_fn(stage: StageModel, settings: PolicyLossSettings, n_micro_batch
     return OnOutput(fn, logprobs.hidden_states)
 
 
-def critic_loss_fn(settings: ValueLossSettings, n_micro_batches: int, dp: int, denominators: Denominators) -> Callable:
+def critic_loss_fn(settings: ValueLossSettings, *, n_micro_batches: int, dp: int, denominators: Denominators
+                   ) -> Callable:
     """micro-batch keys: input_ids [b, s], loss_mask / old_values / returns [b, s-1]."""
 
     def fn(output, mb):
@@ -71,15 +80,11 @@ def sum_shares(per_micro_batch: list[dict], dp_group=None) -> dict:
     """The mini-batch's metrics from its micro-batches' shares, summed (`*_max`: maximum) over micro-batches and the
     data-parallel group. Every member of a DP group is the same pipeline stage, so all have the same keys."""
     keys = sorted({k for m in per_micro_batch for k in m})
-    if not keys:
-        return {}
-    values = torch.tensor([[float(m[k]) for k in keys] for m in per_micro_batch], dtype=torch.float64)
-    is_max = torch.tensor([k.endswith("_max") for k in keys])
-    sums, maxima = values.sum(0), values.max(0).values
-    if dp_group is not None and dist.get_world_size(dp_group) > 1:
-        dist.all_reduce(sums, group=dp_group)
-        dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=dp_group)
-    return dict(zip(keys, torch.where(is_max, maxima, sums).tolist()))
+    summed = [k for k in keys if not k.endswith("_max")]
+    largest = [k for k in keys if k.endswith("_max")]
+    sums = _all_reduce([sum(float(m[k]) for m in per_micro_batch) for k in summed], dp_group)
+    maxima = _all_reduce([max(float(m[k]) for m in per_micro_batch) for k in largest], dp_group, dist.ReduceOp.MAX)
+    return dict(zip(summed, sums)) | dict(zip(largest, maxima))
 
 
 def train_step(stage: StageModel, optimizer, scheduler, micro_batches: list[MicroBatch], loss_fn: Callable,

@@ -13,9 +13,10 @@ import torch.distributed as dist
 from rlpost.dtypes import torch_dtype
 
 
-def backend_for(device: torch.device) -> str:
-    """The backend SGLang's servers use for the group: NCCL between GPUs, gloo on CPUs."""
-    return "nccl" if device.type == "cuda" else "gloo"
+def backend_for(server_engine: str, device: torch.device) -> str:
+    """The group's backend, sent as /init_weights_update_group's `backend`: NCCL between a CUDA trainer and
+    SGLang's GPU servers, gloo with a CPU trainer or the embedded engine (which runs on CPUs)."""
+    return "nccl" if server_engine == "sglang" and device.type == "cuda" else "gloo"
 
 
 def new_group(master_address: str, master_port: int, rank: int, world_size: int, group_name: str, backend: str,

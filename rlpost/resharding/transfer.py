@@ -53,6 +53,7 @@ def inference_buckets(plan: ReshardPlan, rank: int, params: dict[str, torch.Tens
     process_group = groups.get(group)
     _, infer_rank = plan.inference_position(rank)
     holder = {(c.pp_rank, c.tp_rank): c.rank for c in (train_coord(r, tp, pp, dp) for r in group)}
+    device = next(iter(params.values())).device  # where the group's backend expects tensors (CUDA with NCCL)
     bucket, size = [], 0
     for stage in sorted({s for s, _ in holder}):
         offset = stage_layers(dims.num_layers, pp, stage).start
@@ -63,7 +64,7 @@ def inference_buckets(plan: ReshardPlan, rank: int, params: dict[str, torch.Tens
             shards = {}
             for t in tp_ranks:
                 src = holder[(stage, t)]
-                tensor = params[name].contiguous() if src == rank else torch.empty(shape, dtype=dtype)
+                tensor = params[name].contiguous() if src == rank else torch.empty(shape, dtype=dtype, device=device)
                 if process_group is not None:
                     dist.broadcast(tensor, src=src, group=process_group)
                     if src == rank:

@@ -8,8 +8,9 @@ Synchronous on purpose: resharding runs in the training worker's thread, bucket 
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -71,33 +72,36 @@ class BroadcastTransport:
         self.servers, self.group_name = servers, group_name
         self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
         world = servers.group_size()
-        joined = _in_thread(servers.init_group, master_address, master_port, group_name, backend)
-        self.group, self._store = new_group(master_address, master_port, 0, world, group_name, backend)
-        joined()
+        _, (self.group, self._store) = _together(
+            lambda: servers.init_group(master_address, master_port, group_name, backend),
+            lambda: new_group(master_address, master_port, 0, world, group_name, backend))
 
     def push(self, bucket: Bucket, last: bool, version: str) -> None:
-        announced = _in_thread(self.servers.update_from_distributed, bucket, self.group_name, last, version)
-        for _, tensor in bucket:
-            broadcast(self.group, tensor.to(self.device).contiguous())
-        announced()
+        def send() -> None:
+            for _, tensor in bucket:
+                broadcast(self.group, tensor.to(self.device).contiguous())
+
+        _together(lambda: self.servers.update_from_distributed(bucket, self.group_name, last, version), send)
 
 
-def _in_thread(fn, *args):
-    """Start fn on a thread; the returned function joins it and re-raises what it raised."""
-    errors: list[BaseException] = []
+def _together(*calls: Callable) -> list:
+    """Run the calls at once (an HTTP request and the collective it pairs with); their results, or the first
+    failure as soon as it happens: a server that refuses must not leave the trainer waiting in the collective until
+    its timeout. An abandoned call ends with that timeout on its daemon thread."""
+    results: list = [None] * len(calls)
+    finished: queue.Queue = queue.Queue()
 
-    def run() -> None:
+    def run(i: int, call: Callable) -> None:
         try:
-            fn(*args)
-        except BaseException as e:  # noqa: BLE001 - re-raised by the caller's join
-            errors.append(e)
+            results[i] = call()
+            finished.put(None)
+        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+            finished.put(e)
 
-    thread = threading.Thread(target=run)
-    thread.start()
-
-    def join() -> None:
-        thread.join()
-        if errors:
-            raise errors[0]
-
-    return join
+    for i, call in enumerate(calls):
+        threading.Thread(target=run, args=(i, call), daemon=True).start()
+    for _ in calls:
+        error = finished.get()
+        if error is not None:
+            raise error
+    return results

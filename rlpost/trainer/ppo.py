@@ -56,14 +56,19 @@ class PPOTrainer:
         split = cfg.cluster.placement == "split"
         connect(cfg.cluster.ray_address, training_devices(cfg) + (rollout_devices(cfg) if split else 0))
         share_rate_limits()  # tools' service rate limits hold for the whole job
-        self.placement = place(cfg, model_dirs, self.total_steps, roles, d.max_prompt_length + d.max_response_length,
-                               str(self.run_dir))
-        self.train = self.placement.train
-        self.step = 0
-        self._resume()
-        self.tracker = Tracker(cfg.trainer.logger, self.run_dir, self.total_steps, self.step,
-                               dataclasses.asdict(cfg), cfg.trainer.project_name, cfg.trainer.experiment_name)
-        self.rollout.connect(self.placement.server_urls, self.tracker.progress)
+        self.placement = None
+        try:
+            self.placement = place(cfg, model_dirs, self.total_steps, roles,
+                                   d.max_prompt_length + d.max_response_length, str(self.run_dir))
+            self.train = self.placement.train
+            self.step = 0
+            self._resume()
+            self.tracker = Tracker(cfg.trainer.logger, self.run_dir, self.total_steps, self.step,
+                                   dataclasses.asdict(cfg), cfg.trainer.project_name, cfg.trainer.experiment_name)
+            self.rollout.connect(self.placement.server_urls, self.tracker.progress)
+        except BaseException:
+            self.close()  # a trainer that never finished starting frees what it took
+            raise
 
     def _dataset(self, files: list[str], tokenizer) -> RLDataset:
         d = self.cfg.data
@@ -102,7 +107,7 @@ class PPOTrainer:
                 metrics |= average(self.train.dp_run("update_actor", batch, n_mini), "actor/")
             with timer("sync_weights"):
                 self.sync_weights()
-            self._end_step(batch, metrics | batch_metrics(batch, cfg.data.max_response_length), timer)
+            self._end_step(batch, metrics | batch_metrics(batch, cfg), timer)
         self.tracker.close()
 
     def _end_step(self, batch, metrics: dict, timer: Timer) -> None:
@@ -122,7 +127,7 @@ class PPOTrainer:
     def validate(self) -> dict:
         if self.val_data is None:
             return {}
-        return validate(self.rollout, self.val_data, self.reward, self.cfg, self.step)
+        return validate(self.rollout, self.val_data, self.reward, self.cfg)
 
     def sync_weights(self) -> None:
         self.train.call("sync_weights", f"step_{self.step}")
@@ -153,7 +158,8 @@ class PPOTrainer:
         import ray
 
         self.rollout.close()
-        self.placement.shutdown()
+        if self.placement is not None:
+            self.placement.shutdown()
         ray.shutdown()
 
 

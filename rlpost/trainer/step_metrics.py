@@ -7,8 +7,11 @@ from contextlib import contextmanager
 
 import torch
 
+from rlpost.algorithms import Denominators, agg_loss
 from rlpost.algorithms.masked import masked_mean
 from rlpost.batch import Batch
+from rlpost.config.derived import policy_loss_settings
+from rlpost.config.schema import RLConfig
 
 
 def _stats(prefix: str, x: torch.Tensor) -> dict:
@@ -20,8 +23,11 @@ def _mean(x: torch.Tensor, mask: torch.Tensor) -> float:
     return float(masked_mean(x, mask))
 
 
-def batch_metrics(batch: Batch, max_response_length: int) -> dict:
-    mask = batch["loss_mask"]
+def batch_metrics(batch: Batch, cfg: RLConfig) -> dict:
+    """What the step's batch says: rewards, lengths, advantages, values; with the old-log-prob pass, the entropy of
+    the policy before this step's update (verl's actor/entropy, aggregated like the loss; without the pass, the
+    single update step reports the same quantity) and how far the servers' log-probs were from the trainer's."""
+    mask, max_response_length = batch["loss_mask"], cfg.data.max_response_length
     scores = torch.tensor(batch["score"], dtype=torch.float32)
     out = {"reward/mean": float(scores.mean()), "reward/std": float(scores.std()) if len(batch) > 1 else 0.0,
            "reward/max": float(scores.max()), "reward/min": float(scores.min())}
@@ -35,7 +41,9 @@ def batch_metrics(batch: Batch, max_response_length: int) -> dict:
         out["critic/values_mean"] = _mean(batch["values"], mask)
         out["critic/returns_mean"] = _mean(batch["returns"], mask)
     if "entropy" in batch:
-        out["actor/entropy"] = _mean(batch["entropy"], mask)
+        loss = policy_loss_settings(cfg)
+        out["actor/entropy"] = float(agg_loss(batch["entropy"], mask, loss.loss_agg_mode,
+                                              Denominators.of(mask, loss.loss_scale_factor)))
     if "ref_log_probs" in batch and "old_log_probs" in batch:
         out["actor/kl_ref"] = _mean(batch["old_log_probs"] - batch["ref_log_probs"], mask)
     if "num_turns" in batch:

@@ -10,11 +10,12 @@ from rlpost.rewards.reward import Reward
 from rlpost.rollout.rollout import Rollout
 
 
-def validate(rollout: Rollout, data: RLDataset, reward: Reward, cfg: RLConfig, step: int) -> dict:
+def validate(rollout: Rollout, data: RLDataset, reward: Reward, cfg: RLConfig) -> dict:
+    """Sampled validation draws the same seeds every time, so scores at two steps differ by the policy only."""
     d = cfg.data
     samples = []
     for prompts in in_order(data, d.val_batch_size or len(data), d.val_max_samples, rollout.tokenizer.pad_token_id):
-        samples += rollout.sample(prompts, cfg.rollout.val_sampling, ("val", step))
+        samples += rollout.sample(prompts, cfg.rollout.val_sampling, ("val",))
     rollout.score(samples, reward)
     by_source: dict[str, list] = {}
     for s in samples:

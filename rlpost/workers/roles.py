@@ -61,7 +61,7 @@ class _Trained:
 class PolicyRole(_Trained):
     """The actor (trainable: give it loss settings) or the reference policy (frozen, log-probs only)."""
 
-    def __init__(self, cfg: ActorConfig, model_dir: str, total_steps: int, temperature: float,
+    def __init__(self, cfg: ActorConfig, model_dir: str, *, total_steps: int, temperature: float,
                  loss: PolicyLossSettings | None = None):
         self.cfg, self.temperature, self.loss = cfg, temperature, loss
         self.loss_scale_factor = loss.loss_scale_factor if loss is not None else None
@@ -88,14 +88,15 @@ class PolicyRole(_Trained):
         keys = ["loss_mask", "advantages"] + (["rollout_log_probs"] if on_policy else ["old_log_probs"])
         keys += ["ref_log_probs"] if self.loss.use_kl_loss else []
         return self._train(batch, n_mini_batches, keys, lambda n, dp, den: actor_loss_fn(
-            self.stage, self.loss, n, dp, den, self.temperature, on_policy))
+            self.stage, self.loss, n_micro_batches=n, dp=dp, denominators=den, temperature=self.temperature,
+            on_policy=on_policy))
 
     def named_parameters(self) -> dict[str, torch.Tensor]:
         return {name: p.detach() for name, p in self.stage.core.named_parameters()}
 
 
 class CriticRole(_Trained):
-    def __init__(self, cfg: CriticConfig, model_dir: str, total_steps: int, loss: ValueLossSettings):
+    def __init__(self, cfg: CriticConfig, model_dir: str, *, total_steps: int, loss: ValueLossSettings):
         self.cfg, self.loss, self.loss_scale_factor = cfg, loss, loss.loss_scale_factor
         self.stage = build_stage(model_dir, cfg.dtype, value_head=True)
         self.optimizer, self.scheduler = build_optimizer(wrap_ddp(self.stage), cfg.optim, total_steps, cfg.dtype)
@@ -109,4 +110,4 @@ class CriticRole(_Trained):
 
     def update(self, batch: Batch, n_mini_batches: int) -> dict:
         return self._train(batch, n_mini_batches, ["loss_mask", "old_values", "returns"],
-                           lambda n, dp, den: critic_loss_fn(self.loss, n, dp, den))
+                           lambda n, dp, den: critic_loss_fn(self.loss, n_micro_batches=n, dp=dp, denominators=den))

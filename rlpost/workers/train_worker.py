@@ -31,12 +31,14 @@ class TrainWorker(Worker):
         cfg = self.cfg
         setup_model_parallel(cfg.actor.tp, cfg.actor.pp, cfg.trainer.seed)
         temperature = cfg.rollout.sampling.temperature or 1.0
-        self.actor = PolicyRole(cfg.actor, self.model_dirs["actor"], self.total_steps, temperature,
-                                policy_loss_settings(cfg))
+        self.actor = PolicyRole(cfg.actor, self.model_dirs["actor"], total_steps=self.total_steps,
+                                temperature=temperature, loss=policy_loss_settings(cfg))
         if "ref" in self.roles:
-            self.ref = PolicyRole(cfg.actor, self.model_dirs["actor"], self.total_steps, temperature)
+            self.ref = PolicyRole(cfg.actor, self.model_dirs["actor"], total_steps=self.total_steps,
+                                  temperature=temperature)
         if "critic" in self.roles:
-            self.critic = CriticRole(cfg.critic, self.model_dirs["critic"], self.total_steps, value_loss_settings(cfg))
+            self.critic = CriticRole(cfg.critic, self.model_dirs["critic"], total_steps=self.total_steps,
+                                     loss=value_loss_settings(cfg))
         self._ranks = ranks()
         self.plan = make_plan(cfg.actor.tp, cfg.actor.pp, self._ranks["dp"], cfg.rollout.infer_tp)
         return self.layout()
@@ -88,15 +90,18 @@ class TrainWorker(Worker):
         """Builds the weight sync (collective: every rank calls it): into this worker's engine (colocated), or to
         the split servers (server_urls)."""
         import ray
+        import torch
 
+        from rlpost.protocol.weight_group import backend_for
         from rlpost.resharding.sync import WeightSync
 
-        stage = self.actor.stage
+        stage, rollout = self.actor.stage, self.cfg.rollout
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.weight_sync = WeightSync(
-            self.plan, self.rank, stage.dims, stage.spec, torch_dtype(self.cfg.actor.dtype),
-            self.cfg.rollout.update_weights_bucket_mb << 20,
+            self.plan, self.rank, dims=stage.dims, spec=stage.spec, dtype=torch_dtype(self.cfg.actor.dtype),
+            bucket_bytes=rollout.update_weights_bucket_mb << 20,
             engine=self.engine_host.engine if self.engine_host is not None else None, server_urls=server_urls,
-            address=ray.util.get_node_ip_address())
+            address=ray.util.get_node_ip_address(), backend=backend_for(rollout.engine, device))
 
     def sync_weights(self, version: str) -> int:
         """Every rank must call it; returns the tensors this rank delivered."""
