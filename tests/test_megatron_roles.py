@@ -39,8 +39,9 @@ def _rank(rank, world, path, ids, returns):
         optimizer, scheduler = build_optimizer(wrap_ddp(critic), cfg.critic.optim, total_steps=5)
         mbs = [{"input_ids": ids, "loss_mask": torch.ones(ids.shape[0], ids.shape[1] - 1), "returns": returns,
                 "old_values": torch.cat([v["values"] for v in values]) if values else torch.zeros_like(returns)}]
-        loss_fn = critic_loss_fn(value_loss_settings(cfg), n_micro_batches=1, dp=1,
-                                 denominators=loss_denominators(mbs, None))
+        settings = value_loss_settings(cfg)
+        loss_fn = critic_loss_fn(settings, n_micro_batches=1, dp=1,
+                                 denominators=loss_denominators(mbs, settings.loss_scale_factor))
         losses = [train_step(critic, optimizer, scheduler, mbs, loss_fn).get("vf_loss") for _ in range(3)]
         if ps.is_pipeline_last_stage():
             out[(tp, pp)] = {"log_probs": torch.cat([r["log_probs"] for r in logprobs]),

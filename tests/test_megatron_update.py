@@ -120,8 +120,10 @@ def _one_step(rank, world, path, data, on_policy):
     stage = build_stage(path)
     optimizer, scheduler = build_optimizer(wrap_ddp(stage), cfg.actor.optim, total_steps=1)
     micro_batches = [{k: v[r : r + 2] for k, v in data.items()} for r in range(0, SEQS, 2)]
-    loss_fn = actor_loss_fn(stage, policy_loss_settings(cfg), n_micro_batches=len(micro_batches), dp=1,
-                            denominators=loss_denominators(micro_batches, None), on_policy=on_policy)
+    settings = policy_loss_settings(cfg)
+    loss_fn = actor_loss_fn(stage, settings, n_micro_batches=len(micro_batches), dp=1,
+                            denominators=loss_denominators(micro_batches, settings.loss_scale_factor),
+                            on_policy=on_policy)
     metrics = train_step(stage, optimizer, scheduler, micro_batches, loss_fn)
     return dict(stream_hf_weights(stage)), metrics
 

@@ -29,15 +29,13 @@ def _all_reduce(values: list[float], group, op=dist.ReduceOp.SUM) -> list[float]
     return tensor.tolist()
 
 
-def loss_denominators(micro_batches: list[MicroBatch], loss_scale_factor: float | None, dp_group=None
-                      ) -> Denominators:
-    """The whole mini-batch's counts: these micro-batches' summed over the data-parallel group."""
-    masks = [mb["loss_mask"] for mb in micro_batches]
-    tokens, seqs, rows = _all_reduce([sum(float(m.sum()) for m in masks),
-                                      sum(float((m.sum(-1) > 0).sum()) for m in masks),
-                                      float(sum(m.shape[0] for m in masks))], dp_group)
-    return Denominators(tokens=tokens, seqs=seqs, rows=rows,
-                        loss_scale_factor=float(loss_scale_factor or masks[0].shape[-1]))
+def loss_denominators(micro_batches: list[MicroBatch], loss_scale_factor: float, dp_group=None) -> Denominators:
+    """The whole mini-batch's counts: each micro-batch's own, summed over them and the data-parallel group. The
+    Dr. GRPO constant is required here: defaulting it to a micro-batch's width is the bias it exists to remove."""
+    local = [Denominators.of(mb["loss_mask"]) for mb in micro_batches]
+    tokens, seqs, rows = _all_reduce([sum(d.tokens for d in local), sum(d.seqs for d in local),
+                                      sum(d.rows for d in local)], dp_group)
+    return Denominators(tokens=tokens, seqs=seqs, rows=rows, loss_scale_factor=float(loss_scale_factor))
 
 
 def actor_loss_fn(stage: StageModel, settings: PolicyLossSettings, *, n_micro_batches: int, dp: int,

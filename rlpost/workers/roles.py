@@ -43,7 +43,7 @@ class _Trained:
     """Mini-batch loop shared by actor and critic: epochs x mini-batches, one optimizer step each."""
 
     cfg: ActorConfig | CriticConfig
-    loss_scale_factor: float | None
+    loss: PolicyLossSettings | ValueLossSettings
 
     def _train(self, batch: Batch, n_mini_batches: int, keys: list[str], make_loss) -> dict:
         group, dp = _dp_group()
@@ -53,7 +53,7 @@ class _Trained:
         for _ in range(self.cfg.ppo_epochs):
             for mini in batch.split(len(batch) // n_mini_batches):
                 mbs, _ = micro_batches(mini, keys, self.cfg.micro_batch_size, self.cfg.max_tokens_per_micro_batch)
-                loss_fn = make_loss(len(mbs), dp, loss_denominators(mbs, self.loss_scale_factor, group))
+                loss_fn = make_loss(len(mbs), dp, loss_denominators(mbs, self.loss.loss_scale_factor, group))
                 metrics.append(train_step(self.stage, self.optimizer, self.scheduler, mbs, loss_fn, group))
         return average(metrics)
 
@@ -64,7 +64,6 @@ class PolicyRole(_Trained):
     def __init__(self, cfg: ActorConfig, model_dir: str, *, total_steps: int, temperature: float,
                  loss: PolicyLossSettings | None = None):
         self.cfg, self.temperature, self.loss = cfg, temperature, loss
-        self.loss_scale_factor = loss.loss_scale_factor if loss is not None else None
         self.stage = build_stage(model_dir, cfg.dtype)
         self.optimizer = self.scheduler = None
         if loss is not None:
@@ -97,7 +96,7 @@ class PolicyRole(_Trained):
 
 class CriticRole(_Trained):
     def __init__(self, cfg: CriticConfig, model_dir: str, *, total_steps: int, loss: ValueLossSettings):
-        self.cfg, self.loss, self.loss_scale_factor = cfg, loss, loss.loss_scale_factor
+        self.cfg, self.loss = cfg, loss
         self.stage = build_stage(model_dir, cfg.dtype, value_head=True)
         self.optimizer, self.scheduler = build_optimizer(wrap_ddp(self.stage), cfg.optim, total_steps, cfg.dtype)
 
