@@ -71,7 +71,8 @@ def _serve_engine(args: argparse.Namespace) -> None:
 
     engine = Engine(resolve_model_path(args.model_path), dtype=args.dtype, max_running=args.max_running_requests,
                     context_length=args.context_length, max_prefill_tokens=args.max_prefill_tokens,
-                    prefix_cache_tokens=args.prefix_cache_tokens, seed=args.random_seed)
+                    prefix_cache_tokens=args.prefix_cache_tokens, seed=args.random_seed,
+                    deterministic=args.enable_deterministic_inference)
     print(f"rlpost engine serving {args.model_path} on http://{args.host}:{args.port}", flush=True)
     serve(engine, args.host, args.port, args.served_model_name)
 
@@ -151,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--prefix-cache-tokens", type=int, default=16384,
                      help="token budget for keys/values kept for multi-turn prefix reuse (0 disables)")
     eng.add_argument("--random-seed", type=int, default=0)
+    eng.add_argument("--enable-deterministic-inference", action="store_true",
+                     help="honour each request's sampling_seed, as SGLang does only with this flag")
     eng.add_argument("--served-model-name", default=None)
     eng.set_defaults(func=_serve_engine)
 

@@ -123,11 +123,23 @@ def test_seeded_sampling_does_not_depend_on_the_batch(engine):
     ids = prompts(1, seed=11)[0]
 
     def seeded(rid):
-        return Request(rid, ids, SamplingParams(max_new_tokens=10), generator=torch.Generator().manual_seed(42))
+        return Request(rid, ids, SamplingParams(max_new_tokens=10), seed=42)
 
     alone = engine.run([seeded("s0")])[0].output_ids
     crowd = engine.run([req("x", p, max_new_tokens=10) for p in prompts(2, seed=12)] + [seeded("s1")])
     assert crowd[-1].output_ids == alone
+
+
+def test_seeded_draws_are_keyed_by_position_as_in_sglang(engine):
+    """SGLang's seeded sampler hashes (seed, position): a request that resumes a seeded sequence from its first k
+    tokens with the same seed samples exactly the rest of it, where a per-request random stream would replay its
+    first draws at the new positions (the turns of a multi-turn sample share one seed)."""
+    ids = prompts(1, seed=14)[0]
+    full = engine.run([Request("a", ids, SamplingParams(max_new_tokens=12, ignore_eos=True), seed=5)])[0].output_ids
+    rest = engine.run([Request("b", ids + full[:4], SamplingParams(max_new_tokens=8, ignore_eos=True),
+                               seed=5)])[0].output_ids
+    other = engine.run([Request("c", ids, SamplingParams(max_new_tokens=12, ignore_eos=True), seed=6)])[0].output_ids
+    assert rest == full[4:] and other != full
 
 
 @pytest.mark.parametrize("params", [{"top_k": 1}, {"min_p": 1.0}, {"top_p": 1e-6}, {"temperature": 1e-7}])

@@ -11,7 +11,7 @@ import torch
 
 from rlpost.models.safetensors_dir import SafetensorsDir
 from rlpost.net import free_port
-from rlpost.protocol.weight_group import backend_for, broadcast, new_group
+from rlpost.protocol.weight_group import backend_for, broadcast, join, leave
 from rlpost.protocol.wire import ServerError
 from rlpost.resharding.servers import WeightServers
 from rlpost.rollout.client import SGLangClient
@@ -30,7 +30,8 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(models, tmp_path_factory):
-    spec = ServerSpec(str(models[0]), port=free_port(), dtype="float32", max_running_requests=16)
+    spec = ServerSpec(str(models[0]), port=free_port(), dtype="float32", max_running_requests=16,
+                      deterministic_inference=True)
     with ServerProcess(spec, tmp_path_factory.mktemp("logs") / "server.log") as process:
         process.wait_healthy(timeout_s=120)
         yield process
@@ -96,6 +97,70 @@ def test_streaming_sends_growing_chunks_then_done(server):
     assert all(c["meta_info"]["finish_reason"] is None for c in chunks[:-1])
 
 
+def test_a_streamed_request_that_fails_raises_the_servers_message(server):
+    """SGLang checks a streamed request after the stream opened: the error comes as a `data: {"error": ...}` chunk
+    with HTTP 200, which the client used to yield as if it were output."""
+    async def go(client):
+        with pytest.raises(ServerError, match="HTTP 400.*outside the vocabulary"):
+            async for _ in client.generate_stream([1, 10 ** 7], {"max_new_tokens": 2}):
+                pass
+
+    run(_with_client(server, go))
+
+
+def _prompts(*prompts: list[int]):
+    from rlpost.batch import Batch
+
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return Batch(tensors={"prompt_ids": ids, "prompt_mask": mask},
+                 fields={"uid": [f"p{i}" for i in range(len(prompts))]})
+
+
+def test_seeded_samples_differ_and_replay_under_sglangs_seed_protocol(server):
+    """With deterministic inference SGLang copies a request's sampling params, seed included, to its n samples, so
+    a seeded n=4 request answers 4 identical responses (GRPO advantages all zero). rlpost asks for each sample with
+    its own seed: the 4 differ, and the same seeds replay them exactly."""
+    from rlpost.rollout.generate import generate
+
+    sampling = {"temperature": 1.0, "ignore_eos": True}
+
+    async def go(client):
+        shared = await client.generate(PROMPT, {**sampling, "max_new_tokens": 12, "n": 4, "sampling_seed": 7})
+        runs = [await generate(client, _prompts(PROMPT, PROMPT[:4]), n=4, sampling=sampling, max_new_tokens=12,
+                               seed=3, key=("train", 0, 0)) for _ in range(2)]
+        return shared, runs
+
+    shared, (first, second) = run(_with_client(server, go))
+    assert len({tuple(a["output_ids"]) for a in shared}) == 1
+    for group in (first[:4], first[4:]):
+        assert len({tuple(s.response_ids) for s in group}) == 4
+    assert [s.response_ids for s in first] == [s.response_ids for s in second]
+
+
+def test_without_deterministic_inference_seeds_are_ignored_as_by_sglang(models):
+    from rlpost.rollout.engine.engine import Engine
+    from rlpost.rollout.engine.server import HTTPThread
+
+    engine = Engine(models[0], dtype="float32", max_running=8).start()
+    port = free_port()
+    http = HTTPThread(engine, "127.0.0.1", port)
+    params = {"temperature": 1.0, "ignore_eos": True, "max_new_tokens": 16, "sampling_seed": 7}
+
+    async def go():
+        async with SGLangClient([f"http://127.0.0.1:{port}"]) as client:
+            info = await client.request(client.servers[0], "/server_info", method="GET")
+            return info, [(await client.generate(PROMPT, params))["output_ids"] for _ in range(2)]
+
+    try:
+        info, (a, b) = run(go())
+    finally:
+        http.stop()
+        engine.shutdown()
+    assert info["enable_deterministic_inference"] is False and a != b
+
+
 def test_stop_string_is_trimmed_from_the_text(server):
     async def go(client):
         full = await client.generate(PROMPT, {**GREEDY, "ignore_eos": True})
@@ -116,13 +181,15 @@ def test_status_endpoints(server, models):
         return (await client.request(url, "/health", method="GET"),
                 await client.request(url, "/health_generate", method="GET"),
                 await client.request(url, "/get_model_info", method="GET"),
-                await client.request(url, "/get_server_info", method="GET"),
+                await client.request(url, "/server_info", method="GET"),
+                await client.request(url, "/get_server_info", method="GET"),  # deprecated in SGLang 0.5.23
                 await client.request(url, "/flush_cache", {}))
 
-    health, health_generate, info, server_info, flushed = run(_with_client(server, go))
+    health, health_generate, info, server_info, deprecated, flushed = run(_with_client(server, go))
     assert health is None and health_generate is None
     assert info["model_path"] == str(models[0]) and info["is_generation"] is True
-    assert server_info["max_running_requests"] == 16 and "Cache flushed" in flushed
+    assert server_info["max_running_requests"] == 16 and server_info["tp_size"] == 1 and "Cache flushed" in flushed
+    assert server_info["enable_deterministic_inference"] is True and deprecated.keys() == server_info.keys()
 
 
 def test_weight_update_from_tensor_disk_and_distributed_change_outputs(server, models):
@@ -139,25 +206,27 @@ def test_weight_update_from_tensor_disk_and_distributed_change_outputs(server, m
         return run(_with_client(server, lambda c: c.request(server.spec.url, "/get_model_info", method="GET")))
 
     before = greedy()
-    weights.update_from_tensor(named, flush_cache=True, version="v1")
+    with weights.session():
+        weights.update_from_tensor(named, flush_cache=True, version="v1")
     tensor, v1 = greedy(), version()["weight_version"]
-    weights.update_from_disk(str(base))
+    weights.update_from_disk(str(base))  # no session needed, as in SGLang
     disk = greedy()
     port, holder = free_port(), {}
-    joined = threading.Thread(target=lambda: holder.update(group=new_group("127.0.0.1", port, 0, 2, "push", "gloo")[0]))
+    joined = threading.Thread(target=lambda: holder.update(group=join("127.0.0.1", port, 0, 2, "push", "gloo")))
     joined.start()
     weights.init_group("127.0.0.1", port, "push", "gloo")
     joined.join()
     sender = threading.Thread(target=lambda: [broadcast(holder["group"], t.contiguous()) for _, t in named])
     sender.start()
-    weights.update_from_distributed(named, "push", flush_cache=True, version="v2")
+    with weights.session():
+        weights.update_from_distributed(named, "push", flush_cache=True, version="v2")
     sender.join()
     distributed = greedy()
-    run(_with_client(server, lambda c: c.request(server.spec.url, "/destroy_weights_update_group",
-                                                 {"group_name": "push"})))
+    weights.destroy_group("push")
+    leave(holder["group"])
     weights.update_from_disk(str(base))
     restored = greedy()
-    with pytest.raises(ServerError, match="HTTP 400.*unknown weight 'model.bogus'"):
+    with pytest.raises(ServerError, match="HTTP 400.*unknown weight 'model.bogus'"), weights.session():
         weights.update_from_tensor([("model.bogus", torch.zeros(2))], flush_cache=True, version="v3")
     assert before == expected_base and v1 == "v1"
     assert tensor == expected_other == distributed != expected_base
@@ -183,13 +252,35 @@ def test_the_embedded_server_refuses_nccl_as_sglang_would_send_it(server):
 def test_a_refused_broadcast_fails_at_once_instead_of_waiting_in_the_collective(server):
     """The server joins the group, then refuses an announcement it cannot allocate (int64): the trainer's side
     raises the server's reason while its broadcast is still waiting for a receiver that never comes."""
-    from rlpost.resharding.transports import BroadcastTransport
+    from rlpost.resharding.transports import BroadcastTransport, push_buckets
 
-    transport = BroadcastTransport(WeightServers([server.spec.url]), "127.0.0.1", free_port(), "gloo", "refusal")
+    transport = BroadcastTransport(WeightServers([server.spec.url]), "127.0.0.1", free_port(), "gloo")
     start = time.monotonic()
     with pytest.raises(ServerError, match="dtype 'int64' is not one of"):
-        transport.push([("model.norm.weight", torch.zeros(64, dtype=torch.int64))], True, "v")
+        push_buckets([[("model.norm.weight", torch.zeros(64, dtype=torch.int64))]], transport, "v")
     assert time.monotonic() - start < 30
+    weights = WeightServers([server.spec.url])
+    with weights.session():  # the failed push closed its session
+        pass
+
+
+def test_weight_updates_outside_a_session_are_refused_as_by_sglang(server, models):
+    """SGLang 0.5.23 answers 400 to tensor and broadcast updates outside /begin_weight_update ../end_weight_update
+    (a client that never opens one dies at its first sync), and refuses a second session while one is open."""
+    weights = WeightServers([server.spec.url])
+    named = [("model.norm.weight", SafetensorsDir(models[0]).get("model.norm.weight"))]
+    with pytest.raises(ServerError, match="HTTP 400.*must run between /begin_weight_update and /end_weight_update"):
+        weights.update_from_tensor(named, flush_cache=True, version="outside")
+    with pytest.raises(ServerError, match="HTTP 400.*must run between"):
+        weights.update_from_distributed(named, "weight_update_group", flush_cache=True, version="outside")
+    with weights.session():
+        weights.update_from_tensor(named, flush_cache=True, version="inside")
+        with pytest.raises(ServerError, match="session is already open"):
+            run(_with_client(server, lambda c: c.request(server.spec.url, "/begin_weight_update", {})))
+    with pytest.raises(ServerError, match="no weight-update session is open"):
+        run(_with_client(server, lambda c: c.request(server.spec.url, "/end_weight_update", {})))
+    version = run(_with_client(server, lambda c: c.request(server.spec.url, "/model_info", method="GET")))
+    assert version["weight_version"] == "inside"
 
 
 def test_release_and_resume_memory_then_reload(server, models):
@@ -301,62 +392,6 @@ def test_client_retries_connection_errors_then_names_the_server():
                 await client.wait_healthy(timeout_s=0.2, interval_s=0.05)
 
     run(go())
-
-
-def test_weight_updates_address_every_tp_rank_of_sglang_servers():
-    """SGLang (which cannot run here) with tp_size 2 and 1: each TP rank reads serialized_named_tensors[tp_rank]
-    and joins the weight group at rank_offset + tp_rank, with the backend the request names. The double answers
-    those fields as SGLang does."""
-    import base64
-    import pickle
-
-    from aiohttp import web
-
-    seen = {}
-
-    def sglang(tp_size):
-        async def info(request):
-            return web.json_response({"tp_size": tp_size, "version": "0.5.5"})
-
-        async def update(request):
-            body = await request.json()
-            tensors = [dict(pickle.loads(base64.b64decode(body["serialized_named_tensors"][r])))
-                       for r in range(tp_size)]
-            seen.setdefault("tensors", []).append((tp_size, len(body["serialized_named_tensors"]), tensors))
-            return web.json_response({"success": True, "message": "Succeeded to update model weights."})
-
-        async def init_group(request):
-            body = await request.json()
-            seen.setdefault("offsets", []).append((tp_size, body["rank_offset"], body["world_size"], body["backend"]))
-            return web.json_response({"success": True, "message": "Succeeded to initialize custom process group."})
-
-        app = web.Application()
-        app.add_routes([web.get("/get_server_info", info), web.post("/update_weights_from_tensor", update),
-                        web.post("/init_weights_update_group", init_group)])
-        return app
-
-    async def go():
-        runners, urls = [], []
-        for tp_size in (2, 1):
-            runner = web.AppRunner(sglang(tp_size))
-            await runner.setup()
-            port = free_port()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            runners.append(runner)
-            urls.append(f"http://127.0.0.1:{port}")
-        weights = WeightServers(urls)
-        try:
-            await asyncio.to_thread(weights.update_from_tensor, [("w", torch.arange(6.0).reshape(2, 3))], True, "v")
-            await asyncio.to_thread(weights.init_group, "127.0.0.1", 1234, "weight_update_group", "nccl")
-        finally:
-            for runner in runners:
-                await runner.cleanup()
-        return weights.group_size()
-
-    assert run(go()) == 4
-    assert sorted((tp, n) for tp, n, _ in seen["tensors"]) == [(1, 1), (2, 2)]
-    assert all(torch.equal(t["w"], torch.arange(6.0).reshape(2, 3)) for _, _, ts in seen["tensors"] for t in ts)
-    assert sorted(seen["offsets"]) == [(1, 3, 4, "nccl"), (2, 1, 4, "nccl")]
 
 
 def test_launcher_commands_and_failure_report(tmp_path):

@@ -122,6 +122,7 @@ class RolloutConfig:
     prefix_cache_tokens: int = rule(min=0)
     mem_fraction: float = rule(**FRACTION)
     update_weights_bucket_mb: int = rule(**POSITIVE)
+    deterministic_inference: bool
     sampling: SamplingConfig
     val_sampling: SamplingConfig
     multi_turn: MultiTurnConfig

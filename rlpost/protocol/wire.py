@@ -42,9 +42,27 @@ def error_message(body: bytes) -> str:
     return str(data)
 
 
+def _reduce_tensor(tensor: torch.Tensor):
+    """torch's reduction, except that a CUDA tensor names its device by UUID, as SGLang's patched reductions do
+    (sglang.srt.utils.patch_torch): the server process sees other CUDA_VISIBLE_DEVICES, where the sender's device
+    index means another GPU. SGLang's receiving side maps the UUID back to its own index."""
+    from torch.multiprocessing import reductions
+
+    rebuild, args = reductions.reduce_tensor(tensor)
+    if rebuild is reductions.rebuild_cuda_tensor:
+        args = (*args[:_CUDA_DEVICE_ARG], str(torch.cuda.get_device_properties(args[_CUDA_DEVICE_ARG]).uuid),
+                *args[_CUDA_DEVICE_ARG + 1:])
+    return rebuild, args
+
+
+_CUDA_DEVICE_ARG = 6  # rebuild_cuda_tensor(cls, size, stride, offset, storage_cls, dtype, device, handle, ...)
+
+
 def serialize_named_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     """SGLang's wire form for /update_weights_from_tensor: base64 of a ForkingPickler dump, so tensors travel as
     shared-memory (CPU) or IPC (CUDA) handles rather than bytes. Valid while the sender keeps the tensors alive.
+    Serialize once per receiving TP rank: each rank unpickles only its own entry, and a CUDA IPC handle's reference
+    count breaks when two ranks unpickle the same one.
 
     CPU tensors go through named shared-memory files: the default file-descriptor strategy hands fds over a socket
     that only processes sharing a multiprocessing auth key (parent and children) may use, and a server is not one.
@@ -57,16 +75,34 @@ def serialize_named_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     mp.set_sharing_strategy("file_system")
     try:
         buffer = io.BytesIO()
-        ForkingPickler(buffer).dump(list(named))
+        pickler = ForkingPickler(buffer)
+        pickler.dispatch_table.update({cls: _reduce_tensor for cls in (torch.Tensor, torch.nn.Parameter)})
+        pickler.dump(list(named))
     finally:
         mp.set_sharing_strategy(previous)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+class _TensorUnpickler(pickle.Unpickler):
+    """Rebuilds shared-memory CPU tensors and nothing else: a payload naming any other global is refused before it
+    runs (SGLang's receiving side keeps an allowlist too)."""
+
+    _ALLOWED = {("torch.multiprocessing.reductions", f) for f in (
+        "rebuild_tensor", "rebuild_typed_storage", "rebuild_storage_filename", "rebuild_storage_empty")} | {
+        ("torch", "Tensor"), ("torch", "Size"), ("torch.storage", "UntypedStorage"),
+        ("torch.nn.parameter", "Parameter")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED or (module == "torch" and isinstance(getattr(torch, name, None),
+                                                                                torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refuses to load {module}.{name} (only CPU tensors are accepted)")
+
+
 def deserialize_named_tensors(text: str) -> list[tuple[str, torch.Tensor]]:
-    """The receiving side; unpickling runs what it is sent, so a server doing this binds to trusted networks only."""
+    """The receiving side of serialize_named_tensors, for CPU tensors."""
     try:
-        named = pickle.loads(base64.b64decode(text))
+        named = _TensorUnpickler(io.BytesIO(base64.b64decode(text, validate=True))).load()
     except Exception as e:  # noqa: BLE001 - any decoding failure is the sender's
         raise ValueError(f"does not decode to named tensors: {e}") from e
     if not isinstance(named, list) or not all(

@@ -1,10 +1,16 @@
 """The rollout servers' weight endpoints of SGLang's HTTP API, called synchronously from the resharder's thread (each
-call runs its own event loop and session: a push is a handful of large requests, not a hot path)."""
+call runs its own event loop and session: a push is a handful of large requests, not a hot path).
+
+SGLang (0.5.23) loads weights from tensors or a broadcast only inside a weight-update session
+(/begin_weight_update ... /end_weight_update) and answers 400 outside one; `session` opens and always closes it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import logging
 from typing import Any
 
 import aiohttp
@@ -12,6 +18,8 @@ import torch
 
 from rlpost.dtypes import dtype_name
 from rlpost.protocol.wire import ServerError, decode_body, error_message, serialize_named_tensors
+
+log = logging.getLogger(__name__)
 
 
 class WeightServers:
@@ -48,7 +56,7 @@ class WeightServers:
     def tp_sizes(self) -> list[int]:
         """Each server's tensor-parallel size: weight updates address every TP rank of a server."""
         if self._tp_sizes is None:
-            infos = self._request([(url, "/get_server_info", None) for url in self.urls])
+            infos = self._request([(url, "/server_info", None) for url in self.urls])
             self._tp_sizes = [int(info["tp_size"]) for info in infos]
         return self._tp_sizes
 
@@ -56,12 +64,27 @@ class WeightServers:
         """Ranks of the weight-update group: the trainer plus every TP rank of every server."""
         return 1 + sum(self.tp_sizes())
 
+    @contextlib.contextmanager
+    def session(self):
+        """A weight-update session on every server around the body, closed whether or not the body succeeds (a
+        failure to close after a failed body is logged, not raised over the body's error)."""
+        self._update("/begin_weight_update", [{}] * len(self.urls))
+        try:
+            yield
+        except BaseException:
+            try:
+                self._update("/end_weight_update", [{}] * len(self.urls))
+            except Exception as e:  # noqa: BLE001 - the body's error is the one to report
+                log.warning("closing the weight-update session after a failed update also failed: %s", e)
+            raise
+        self._update("/end_weight_update", [{}] * len(self.urls))
+
     def update_from_tensor(self, named: list[tuple[str, torch.Tensor]], flush_cache: bool, version: str) -> None:
-        """Full tensors to every server (same host): a server's TP rank r reads entry r, each slicing its shard."""
-        serialized = serialize_named_tensors(named)
+        """Full tensors to every server (same host), serialized once per TP rank (rank r unpickles entry r and
+        slices its shard). Inside `session`."""
         self._update("/update_weights_from_tensor", [
-            {"serialized_named_tensors": [serialized] * tp, "load_format": None, "flush_cache": flush_cache,
-             "weight_version": version} for tp in self.tp_sizes()])
+            {"serialized_named_tensors": [serialize_named_tensors(named) for _ in range(tp)], "load_format": None,
+             "flush_cache": flush_cache, "weight_version": version} for tp in self.tp_sizes()])
 
     def update_from_disk(self, model_path: str, version: str | None = None) -> None:
         """Every server reloads its weights from a model directory it can read."""
@@ -77,9 +100,12 @@ class WeightServers:
             {"master_address": master_address, "master_port": master_port, "rank_offset": offset,
              "world_size": self.group_size(), "group_name": group_name, "backend": backend} for offset in offsets])
 
+    def destroy_group(self, group_name: str) -> None:
+        self._update("/destroy_weights_update_group", [{"group_name": group_name}] * len(self.urls))
+
     def update_from_distributed(self, named: list[tuple[str, torch.Tensor]], group_name: str, flush_cache: bool,
                                 version: str) -> None:
-        """Announce the tensors the caller is broadcasting (concurrently) through the group."""
+        """Announce the tensors the caller is broadcasting (concurrently) through the group. Inside `session`."""
         payload = {"names": [n for n, _ in named], "dtypes": [dtype_name(t.dtype) for _, t in named],
                    "shapes": [list(t.shape) for _, t in named], "group_name": group_name, "flush_cache": flush_cache,
                    "weight_version": version}

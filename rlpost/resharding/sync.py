@@ -49,3 +49,9 @@ class WeightSync:
                 pass
             return 0
         return push_buckets(buckets, self.transport, version)
+
+    def close(self) -> None:
+        """Frees the weight-update group on both ends (split placement)."""
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None

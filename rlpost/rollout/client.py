@@ -153,7 +153,8 @@ class SGLangClient:
 
     # ---- generation ----------------------------------------------------------------------------------------------
 
-    async def generate(self, input_ids: list[int] | None = None, sampling_params: dict | None = None, *,
+    async def generate(self, input_ids: list[int] | list[list[int]] | None = None,
+                       sampling_params: dict | list[dict] | None = None, *,
                        text: str | None = None, return_logprob: bool = False, session_id: str | None = None,
                        **fields) -> dict | list[dict]:
         payload = {"sampling_params": sampling_params or {}, "return_logprob": return_logprob, **fields}
@@ -162,7 +163,9 @@ class SGLangClient:
 
     async def generate_stream(self, input_ids: list[int], sampling_params: dict | None = None, *,
                               session_id: str | None = None, **fields) -> AsyncIterator[dict]:
-        """Yields each streamed chunk; a dropped connection is not retried (tokens were already delivered)."""
+        """Yields each streamed chunk; a dropped connection is not retried (tokens were already delivered). An error
+        after the stream opened arrives as a `data: {"error": ...}` chunk (SGLang checks a streamed request there)
+        and raises ServerError."""
         server = self.pick(session_id)
         payload = {"input_ids": input_ids, "sampling_params": sampling_params or {}, "stream": True, **fields}
         server.outstanding += 1
@@ -177,7 +180,12 @@ class SGLangClient:
                     data = line[5:].strip()
                     if data == b"[DONE]":
                         return
-                    yield json.loads(data)
+                    chunk = json.loads(data)
+                    if isinstance(chunk, dict) and "error" in chunk:
+                        error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": chunk["error"]}
+                        raise ServerError(server.url, "/generate", int(error.get("code") or response.status),
+                                          str(error.get("message")))
+                    yield chunk
         finally:
             server.outstanding -= 1
 

@@ -56,14 +56,19 @@ async def generate(client: SGLangClient, prompts: Batch, *, n: int, sampling: di
                    seed: int | None = None, key: tuple = (), on_prompt_done: Callable[[], object] | None = None,
                    ) -> list[Sample]:
     """n samples per prompt (one request per prompt, so servers share the load); samples of a prompt are adjacent.
-    Seeds come from (seed, *key, uid). on_prompt_done is called as each prompt's samples arrive (a progress bar)."""
+    Sample k of a prompt is seeded from (seed, *key, uid, k) and asked for as its own entry of a batch request:
+    SGLang replicates one request's sampling params (its seed too) across its n copies, so a seeded `n` would
+    sample n identical responses. on_prompt_done is called as each prompt's samples arrive (a progress bar)."""
     ids, per_sample = prompt_token_ids(prompts), prompts.fields
 
     async def one(i: int) -> list[Sample]:
-        params = {**sampling, "max_new_tokens": max_new_tokens, "n": n}
-        if seed is not None:
-            params["sampling_seed"] = sample_seed(seed, *key, per_sample["uid"][i])
-        answer = await client.generate(ids[i], params, return_logprob=True)
+        params = {**sampling, "max_new_tokens": max_new_tokens}
+        if seed is None:
+            answer = await client.generate(ids[i], {**params, "n": n}, return_logprob=True)
+        else:
+            answer = await client.generate(
+                [ids[i]] * n, [{**params, "sampling_seed": sample_seed(seed, *key, per_sample["uid"][i], k)}
+                               for k in range(n)], return_logprob=True)
         answers = answer if isinstance(answer, list) else [answer]
         if len(answers) != n:
             raise RuntimeError(f"asked for {n} samples of prompt {i}, the server answered {len(answers)}")

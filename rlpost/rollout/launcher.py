@@ -29,6 +29,7 @@ class ServerSpec:
     context_length: int | None = None
     max_running_requests: int | None = None
     random_seed: int | None = None
+    deterministic_inference: bool = False  # the only mode in which either engine honours sampling_seed
     base_gpu_id: int | None = None
     enable_memory_saver: bool = False
     disable_radix_cache: bool = False
@@ -52,6 +53,7 @@ def server_command(spec: ServerSpec) -> list[str]:
     cmd += ["--model-path", spec.model_path, "--host", spec.host, "--port", str(spec.port), "--dtype", spec.dtype]
     options = {"--context-length": spec.context_length, "--max-running-requests": spec.max_running_requests,
                "--random-seed": spec.random_seed}
+    cmd += ["--enable-deterministic-inference"] * spec.deterministic_inference
     if spec.engine == "embedded" and spec.disable_radix_cache:
         options["--prefix-cache-tokens"] = 0
     if spec.engine == "sglang":

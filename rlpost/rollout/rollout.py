@@ -49,8 +49,16 @@ class Rollout:
         self.progress: Callable | None = None
 
     def connect(self, server_urls: list[str], progress: Callable[[str, int], object] | None = None) -> None:
-        """progress(description, total) -> a bar with update() and close(), or None."""
+        """progress(description, total) -> a bar with update() and close(), or None. With
+        rollout.deterministic_inference, every server must say it honours sampling seeds."""
         self.client, self.progress = SGLangClient(server_urls), progress
+        if self.cfg.rollout.deterministic_inference:
+            infos = self.loop.run_until_complete(self.client.broadcast("/server_info", method="GET"))
+            ignoring = [s.url for s, info in zip(self.client.servers, infos)
+                        if not info.get("enable_deterministic_inference")]
+            if ignoring:
+                raise RuntimeError(f"rollout.deterministic_inference is on, but {ignoring} run without "
+                                   f"--enable-deterministic-inference and would ignore sampling seeds")
 
     # ---- a training step's batch ----------------------------------------------------------------------------------
 

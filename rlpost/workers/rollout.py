@@ -19,7 +19,8 @@ class EngineHost:
         from rlpost.rollout.engine.server import HTTPThread
 
         self.engine = Engine(model_dir, dtype=cfg.dtype, max_running=cfg.max_num_seqs, context_length=context_length,
-                             prefix_cache_tokens=cfg.prefix_cache_tokens, seed=seed).start()
+                             prefix_cache_tokens=cfg.prefix_cache_tokens, seed=seed,
+                             deterministic=cfg.deterministic_inference).start()
         host = ray.util.get_node_ip_address()
         port = free_port()
         self.http = HTTPThread(self.engine, host, port)
@@ -40,7 +41,8 @@ class SGLangHost:
 
         spec = ServerSpec(model_dir, engine="sglang", host=ray.util.get_node_ip_address(), port=free_port(),
                           dtype=cfg.dtype, tp_size=cfg.infer_tp, mem_fraction_static=cfg.mem_fraction,
-                          context_length=context_length, max_running_requests=cfg.max_num_seqs, random_seed=seed)
+                          context_length=context_length, max_running_requests=cfg.max_num_seqs, random_seed=seed,
+                          deterministic_inference=cfg.deterministic_inference)
         self.process = ServerProcess(spec, f"{log_dir}/sglang_{spec.port}.log")
         self.process.start()
         self.process.wait_healthy(timeout_s=1800)

@@ -126,5 +126,10 @@ class TrainWorker(Worker):
         return extra
 
     def shutdown(self) -> None:
-        if self.engine_host is not None:
-            self.engine_host.stop()
+        """The weight sync first: its group's other end (split servers) is still up, shut down after this."""
+        try:
+            if self.weight_sync is not None:
+                self.weight_sync.close()
+        finally:
+            if self.engine_host is not None:
+                self.engine_host.stop()

@@ -39,7 +39,9 @@ def abort_reason(message: str) -> dict:
 class Engine:
     def __init__(self, model_path: str | Path, dtype: str = "bfloat16", max_running: int = 64,
                  context_length: int | None = None, max_prefill_tokens: int = 4096,
-                 prefix_cache_tokens: int = 16384, seed: int = 0):
+                 prefix_cache_tokens: int = 16384, seed: int = 0, deterministic: bool = False):
+        """deterministic: SGLang's --enable-deterministic-inference, the only mode in which it honours
+        sampling_seed (rlpost.rollout.engine.server says how)."""
         from transformers import AutoTokenizer
 
         self.model_path = str(model_path)
@@ -61,6 +63,7 @@ class Engine:
         self.cache = KVCache(d.num_layers, max_running, d.kv_heads, d.head_dim, self.model.dtype, self.context_length)
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self.generator = torch.Generator().manual_seed(seed)
+        self.deterministic = deterministic
         self.weight_version = "default"
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # index == cache row
@@ -362,7 +365,7 @@ class Engine:
             if len(req.output_ids) < p.min_new_tokens:
                 banned = tuple(sorted(set(p.stop_token_ids or ()) | (set() if p.ignore_eos else self.eos_ids)))
             s = RowSettings(p.temperature, p.top_p, p.top_k, p.min_p, p.frequency_penalty, p.presence_penalty,
-                            p.repetition_penalty, req.generator, banned)
+                            p.repetition_penalty, req.seed, len(req.input_ids) + len(req.output_ids), banned)
             if s.penalised:
                 apply_penalties(logits, i, s, torch.tensor(req.input_ids + req.output_ids),
                                 torch.tensor(req.output_ids, dtype=torch.long))

@@ -8,8 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import torch
-
 from rlpost.registry import did_you_mean
 
 
@@ -105,7 +103,7 @@ class Request:
     cached_tokens: int = 0
     created: float = field(default_factory=time.time)
     finished_at: float | None = None
-    generator: torch.Generator | None = None
+    seed: int | None = None  # None: the engine's shared generator
     weight_version: str = "default"
 
     @property

@@ -3,12 +3,15 @@
 Reported log-probs are those of the temperature-scaled distribution before top-k/top-p/min-p truncation, as
 SGLang reports them: the distribution the trainer recomputes from its own logits (penalties and tokens banned
 before min_new_tokens also shape it; the trainer does not see those).
-Rows with a seed draw from their own generator, so a seeded request's tokens do not depend on what else is in
-the batch.
+A seeded row draws its uniform number from a hash of (seed, position), as SGLang's deterministic sampler hashes its
+seed with the position: its tokens depend neither on what else is in the batch nor on earlier requests with the
+same seed (the turns of one conversation share a seed but sample at new positions).
 """
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +26,8 @@ class RowSettings:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     repetition_penalty: float = 1.0
-    generator: torch.Generator | None = None
+    seed: int | None = None
+    position: int = 0  # of the token being sampled, in the whole sequence
     banned: tuple[int, ...] = ()  # token ids masked out (stop ids before min_new_tokens)
 
     @property
@@ -83,12 +87,12 @@ def sample(logits: torch.Tensor, rows: list[RowSettings], generator: torch.Gener
         if len(sampled) < n:
             cdf = cdf[sampled]
         uniform = torch.empty(len(sampled))
-        shared = [j for j, i in enumerate(sampled) if rows[i].generator is None]
+        shared = [j for j, i in enumerate(sampled) if rows[i].seed is None]
         if shared:
             uniform[shared] = torch.rand(len(shared), generator=generator)
         for j, i in enumerate(sampled):
-            if rows[i].generator is not None:
-                uniform[j] = torch.rand(1, generator=rows[i].generator)
+            if rows[i].seed is not None:
+                uniform[j] = seeded_uniform(rows[i].seed, rows[i].position)
         targets = (uniform * cdf[:, -1])[:, None]
         tokens[sampled] = torch.searchsorted(cdf, targets, right=True).squeeze(1).clamp_(max=logits.shape[1] - 1)
     chosen = logits.gather(1, tokens[:, None]).squeeze(1) - lse
@@ -97,6 +101,12 @@ def sample(logits: torch.Tensor, rows: list[RowSettings], generator: torch.Gener
         values, ids = logits.topk(top_logprobs, dim=-1)
         top = (values - lse[:, None], ids)
     return tokens, chosen, top
+
+
+def seeded_uniform(seed: int, position: int) -> float:
+    """A number in [0, 1) fixed by (seed, position)."""
+    digest = hashlib.blake2b(struct.pack("<qq", seed, position), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0 ** 64
 
 
 def _truncate(logprobs: torch.Tensor, s: RowSettings) -> torch.Tensor:

@@ -1,8 +1,16 @@
 """`rlpost serve engine`: the embedded engine behind SGLang's HTTP endpoints, field for field, so one client drives
 either. Bad requests get HTTP 400 with {"error": {"message": ...}}, as SGLang answers them.
 
-Like SGLang, /update_weights_from_tensor unpickles what it is sent: bind to loopback (the default) or a trusted
-network only.
+Where SGLang's behaviour decides whether a client works, this server enforces it: tensor and broadcast weight
+updates only inside a /begin_weight_update ... /end_weight_update session; weight-update groups built with SGLang's
+rendezvous layout (rlpost.protocol.weight_group); `sampling_seed` honoured only with --enable-deterministic-inference,
+where the n copies of one request share its seed (so they sample the same tokens) and an unseeded request uses 42;
+/update_weights_from_tensor reads its TP rank's entry of serialized_named_tensors; a streamed request that fails
+after the stream opened ends with a `data: {"error": ...}` chunk. Its own extras: the CPU-only engine joins gloo groups
+only and refuses `image_data` and other inputs it cannot serve, with the reason.
+
+Like SGLang, /update_weights_from_tensor unpickles what it is sent (CPU tensors only, by an allowlist): bind to
+loopback (the default) or a trusted network only.
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import torch
 from aiohttp import web
 
 from rlpost.dtypes import dtype_name, torch_dtype
@@ -53,6 +60,7 @@ class EngineServer:
         self.engine = engine
         self.served_model_name = served_model_name or engine.model_path
         self.groups: dict[str, WeightUpdateGroup] = {}
+        self.in_session = False  # between /begin_weight_update and /end_weight_update
         # SGLang's model-update lock: a weight update waits for in-flight generations (unless generation is
         # paused, which is what pausing is for) and holds new ones back, so no sequence mixes two policies
         self._gate: asyncio.Condition | None = None
@@ -65,6 +73,8 @@ class EngineServer:
             ("/generate", self.generate, post), ("/health", self.health, get),
             ("/health_generate", self.health_generate, get), ("/get_model_info", self.model_info, get),
             ("/model_info", self.model_info, get), ("/get_server_info", self.server_info, get),
+            ("/server_info", self.server_info, get), ("/begin_weight_update", self.begin_update, post),
+            ("/end_weight_update", self.end_update, post),
             ("/flush_cache", self.flush_cache, both), ("/update_weights_from_tensor", self.update_from_tensor, post),
             ("/update_weights_from_disk", self.update_from_disk, post),
             ("/init_weights_update_group", self.init_group, post),
@@ -171,11 +181,11 @@ class EngineServer:
         return requests, batch or len(requests) > 1
 
     def _samples(self, base: str, ids: list[int], params: SamplingParams, **fields) -> list[Request]:
-        """The params.n checked requests of one prompt; a seeded one draws sample j from seed + j."""
-        seed = params.sampling_seed
+        """The params.n checked requests of one prompt. As SGLang: with deterministic inference every copy samples
+        with the request's seed (42 when it has none), otherwise from the engine's shared generator."""
+        seed = (42 if params.sampling_seed is None else params.sampling_seed) if self.engine.deterministic else None
         requests = [Request(rid=base if params.n == 1 else f"{base}-{j}", input_ids=list(ids), params=params,
-                            generator=torch.Generator().manual_seed(seed + j) if seed is not None else None, **fields)
-                    for j in range(params.n)]
+                            seed=seed, **fields) for j in range(params.n)]
         for req in requests:
             self.engine.check(req)
         return requests
@@ -225,7 +235,12 @@ class EngineServer:
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         body = await _json(request)
-        requests, batch = self._requests(body)
+        try:
+            requests, batch = self._requests(body)
+        except RequestError as e:
+            if body.get("stream"):  # SGLang checks a streamed request after the stream opened
+                return await self._stream_error(request, str(e))
+            raise
         text_in_logprobs = bool(body.get("return_text_in_logprobs", False))
         queue = self._track(requests)
         async with self._generation():
@@ -277,6 +292,14 @@ class EngineServer:
         except (asyncio.CancelledError, ConnectionResetError):
             self._abort(requests)
             raise
+        return response
+
+    async def _stream_error(self, request: web.Request, message: str) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        error = {"message": message, "type": "invalid_request_error", "code": 400, "retryable": False}
+        await response.write(f"data: {json.dumps({'error': error})}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
         return response
 
     async def chat_completions(self, request: web.Request) -> web.Response:
@@ -382,7 +405,8 @@ class EngineServer:
             "model_path": e.model_path, "dtype": dtype_name(e.model.dtype), "tp_size": 1,
             "context_length": e.context_length, "max_running_requests": e.max_running,
             "max_prefill_tokens": e.max_prefill_tokens, "prefix_cache_tokens": e.prefix_cache.max_tokens,
-            "weight_version": e.weight_version, "engine": "rlpost-embedded", "internal_states": [dict(e.stats)],
+            "enable_deterministic_inference": e.deterministic, "weight_version": e.weight_version,
+            "engine": "rlpost-embedded", "internal_states": [dict(e.stats)],
         })
 
     async def weight_version(self, request: web.Request) -> web.Response:
@@ -417,8 +441,29 @@ class EngineServer:
         suffix = f" Weight version updated to {version}." if version is not None else ""
         return self._result(True, f"Succeeded to update model weights ({count} tensors from {what}).{suffix}")
 
+    async def begin_update(self, request: web.Request) -> web.Response:
+        await _json(request)
+        if self.in_session:
+            return self._result(False, "a weight-update session is already open; call /end_weight_update first")
+        self.in_session = True
+        return self._result(True, "Success")
+
+    async def end_update(self, request: web.Request) -> web.Response:
+        await _json(request)
+        if not self.in_session:
+            return self._result(False, "no weight-update session is open; call /begin_weight_update first")
+        self.in_session = False
+        return self._result(True, "Success")
+
+    def _outside_session(self, path: str) -> web.Response | None:
+        if self.in_session:
+            return None
+        return self._result(False, f"{path} must run between /begin_weight_update and /end_weight_update")
+
     async def update_from_tensor(self, request: web.Request) -> web.Response:
         body = await _json(request)
+        if refusal := self._outside_session(request.path):
+            return refusal
         serialized = body.get("serialized_named_tensors")
         if not isinstance(serialized, list) or len(serialized) != 1:
             raise RequestError("'serialized_named_tensors' must be a list with one entry per TP rank (the embedded "
@@ -468,6 +513,8 @@ class EngineServer:
 
     async def update_from_distributed(self, request: web.Request) -> web.Response:
         body = await _json(request)
+        if refusal := self._outside_session(request.path):
+            return refusal
         name = body.get("group_name", "weight_update_group")
         if name not in self.groups:
             raise RequestError(f"no weight update group '{name}'; call /init_weights_update_group first")
