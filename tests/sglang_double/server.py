@@ -50,7 +50,8 @@ class SGLangDouble:
         self.calls: list[str] = []
         self._updates = itertools.count()
         app = web.Application(client_max_size=1 << 30)
-        app.add_routes([web.get("/server_info", self.server_info), web.post("/begin_weight_update", self.begin),
+        app.add_routes([web.get("/server_info", self.server_info), web.get("/get_server_info", self.server_info),
+                        web.post("/begin_weight_update", self.begin),
                         web.post("/end_weight_update", self.end), web.post("/init_weights_update_group", self.init),
                         web.post("/update_weights_from_distributed", self.from_distributed),
                         web.post("/update_weights_from_tensor", self.from_tensor),
@@ -83,6 +84,7 @@ class SGLangDouble:
         return (False, failed[0]) if failed else (True, "Success")
 
     async def server_info(self, request: web.Request) -> web.Response:
+        """/get_server_info is deprecated in 0.5.23 and still answers."""
         return web.json_response({"tp_size": self.tp_size, "enable_deterministic_inference": False,
                                   "version": "0.5.23"})
 
