@@ -34,7 +34,9 @@ def _tcp_url(address: str, port: int) -> str:
 def join(master_address: str, master_port: int, rank: int, world_size: int, group_name: str, backend: str,
          timeout_s: float = 300.0):
     """This process's membership of the group (rank 0 hosts the store and must join while the others do). The
-    group is registered under group_name in this process, so a name serves one group at a time: `leave` frees it."""
+    group is registered under group_name in this process, so a name serves one group at a time: `leave` frees it.
+    The process's default group, if any, must not be bound to a device (init_process_group's device_id): torch would
+    then split this group's communicator from it, which the servers outside it cannot join."""
     from torch.distributed.distributed_c10d import _new_process_group_helper, _world
 
     if backend not in ("nccl", "gloo"):
