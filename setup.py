@@ -23,6 +23,7 @@ setup(
         # orchestration: placement groups, worker groups
         "ray>=2.40",
         "tqdm>=4.60",
+        "matplotlib>=3.7",  # run curves (rlpost plot)
     ],
     extras_require={
         # Offline assets for the default run: GSM-Symbolic generation and GGUF -> HF conversion.

@@ -22,6 +22,13 @@ def _preprocess_gsm8k(args: argparse.Namespace) -> None:
     print(f"wrote {args.train_size} GSM-Symbolic training rows to {train} and the GSM8K test set to {test}")
 
 
+def _preprocess_arithmetic(args: argparse.Namespace) -> None:
+    from rlpost.data.preprocess import arithmetic
+
+    train, test = arithmetic.build_default(args.out_dir, args.train_size, args.test_size, args.seed)
+    print(f"wrote {args.train_size} training rows to {train} and {args.test_size} held-out rows to {test}")
+
+
 def _config(args: argparse.Namespace) -> None:
     from rlpost.config import config_to_dict, load_config, run_dir, save_config
 
@@ -44,6 +51,36 @@ def _train(args: argparse.Namespace) -> None:
         train(cfg)
     except WorkerDied as e:
         raise SystemExit(f"rlpost: {e}; the last checkpoint is intact, resume with trainer.resume=auto") from e
+
+
+def _eval(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from rlpost.config import load_config
+    from rlpost.trainer.evaluate import evaluate, write
+
+    cfg = load_config(args.recipe, args.overrides, check_files=False)
+    d, s = cfg.data, cfg.rollout.val_sampling
+    s = dataclasses.replace(s, n=args.n if args.n is not None else s.n,
+                            temperature=args.temperature if args.temperature is not None else s.temperature)
+    cfg = dataclasses.replace(
+        cfg, rollout=dataclasses.replace(cfg.rollout, val_sampling=s),
+        data=dataclasses.replace(d, val_files=args.data, val_max_samples=args.max_samples or d.val_max_samples))
+    result = evaluate(cfg, args.model, args.data,
+                      progress=lambda desc, total: tqdm(total=total, desc=desc, dynamic_ncols=True))
+    for key, value in result["metrics"].items():
+        print(f"{key} = {value:.4f}")
+    if args.out:
+        print(f"wrote {write(result, args.out)}")
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from rlpost.trainer.plots import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(f"wrote {path}")
 
 
 def _wait_nodes(args: argparse.Namespace) -> None:
@@ -107,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--multiturn", action="store_true", help="add the system prompt of the tool-using recipe")
     g.set_defaults(func=_preprocess_gsm8k)
+    a = pre_sub.add_parser("arithmetic", help="the quickstart's arithmetic chains (reasoning-gym chain_sum), train "
+                                              "and held-out test sets that share no question")
+    a.add_argument("--out-dir", default="data/arithmetic", help="where train.parquet and test.parquet go")
+    a.add_argument("--train-size", type=int, default=2000)
+    a.add_argument("--test-size", type=int, default=256)
+    a.add_argument("--seed", type=int, default=0)
+    a.set_defaults(func=_preprocess_arithmetic)
 
     c = sub.add_parser("config", help="resolve and validate a recipe; print it or write it to the run directory")
     c.add_argument("recipe", nargs="?", help="recipe YAML (omit for the defaults alone)")
@@ -119,6 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("recipe", help="recipe YAML")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
     t.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="accuracy of a model on a dataset, through the trainer's validation code",
+                        usage="rlpost eval --data FILE [options] MODEL [section.key=value ...]")
+    ev.add_argument("model", help="HF directory, model asset name, checkpoint directory or run directory (its "
+                                  "latest checkpoint)")
+    ev.add_argument("--data", action="append", required=True, help="dataset file in verl's schema (parquet/jsonl); "
+                                                                   "repeat for several")
+    ev.add_argument("--recipe", default=None, help="recipe whose data, reward and sampling settings apply")
+    ev.add_argument("--n", type=int, default=None, help="samples per prompt (pass@n with n > 1; default: the "
+                                                        "recipe's rollout.val_sampling.n)")
+    ev.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: the recipe's)")
+    ev.add_argument("--max-samples", type=int, default=None, help="evaluate the first N prompts only")
+    ev.add_argument("--out", default=None, help="write the result as JSON here")
+    ev.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    ev.set_defaults(func=_eval)
+
+    pl = sub.add_parser("plot", help="PNG curves of a run (reward, held-out accuracy, length, entropy, KL, timing)")
+    pl.add_argument("run_dir", help="the run directory (holds metrics.jsonl)")
+    pl.set_defaults(func=_plot)
 
     clu = sub.add_parser("cluster", help="Ray cluster helpers for launch scripts")
     clu_sub = clu.add_subparsers(dest="action", required=True)

@@ -182,3 +182,18 @@ def test_collate_left_pads(tmp_path, tokenizer):
     assert batch["prompt_mask"][0].tolist() == [0] * (n1 - n0) + [1] * n0
     assert torch.all(batch["prompt_ids"][0, : n1 - n0] == tokenizer.pad_token_id)
     assert batch["ground_truth"] == ["2", "2"] and batch["uid"] == [f"{path}:0", f"{path}:1"]
+
+
+def test_arithmetic_held_out_problems_never_appear_in_training(tmp_path):
+    from rlpost.data.io import read_rows
+    from rlpost.data.preprocess import arithmetic
+
+    train, test = arithmetic.build_default(tmp_path, train_size=300, test_size=200, seed=3)
+    train_rows, test_rows = list(read_rows(train)), list(read_rows(test))
+    questions = [{r["extra_info"]["question"] for r in rows} for rows in (train_rows, test_rows)]
+    assert (len(train_rows), len(test_rows)) == (300, 200) and [len(q) for q in questions] == [300, 200]
+    assert not questions[0] & questions[1] and all(arithmetic.held_out(q) for q in questions[1])
+    row = test_rows[0]
+    assert row["data_source"] == "reasoning_gym/chain_sum" and row["prompt"][0]["content"].endswith("=")
+    again, _ = arithmetic.build_default(tmp_path / "again", train_size=300, test_size=200, seed=3)
+    assert list(read_rows(again)) == train_rows

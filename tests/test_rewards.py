@@ -73,3 +73,16 @@ def test_reward_errors_name_the_sample(tmp_path):
     with pytest.raises(ValueError, match="expected 'path/to/file.py:function_name'"):
         load_custom_function("module.function")
     assert math.isfinite(RewardScorer().score(["#### 1"], ["gsm8k"], ["1"])[0][0])
+
+
+def test_arithmetic_reward_pays_the_stated_answer_only():
+    """1 for the right final answer, 0 otherwise, and no format bonus; repeating the question states no answer,
+    even when its last operand is the result (the one answer a policy could collect without computing)."""
+    from rlpost.rewards.arithmetic import compute_score, final_answer
+
+    assert [final_answer(t) for t in ["1 - 6 = -5", "The answer is 1.", "0 + 3 =", "3 + 4 = 7. So, 7", "1,000"]] == [
+        "-5", "1", None, "7", "1000"]
+    assert compute_score("2 - 0 - 6 = -4.", "-4") == {"score": 1.0, "acc": True}
+    assert compute_score("The final answer is 13.", "14") == {"score": 0.0, "acc": False}
+    assert compute_score("0 + 3 =", "3") == {"score": 0.0, "acc": False}
+    assert compute_score("I cannot tell.", "3") == {"score": 0.0, "acc": False}

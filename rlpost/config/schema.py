@@ -179,6 +179,7 @@ class TrainerConfig:
     seed: int
     logger: list[Literal["console", "jsonl", "tensorboard", "wandb"]]
     log_samples: int = rule(min=0)
+    no_signal_warn_steps: int = rule(min=0)
     val_before_train: bool
     val_every: int = rule(min=0)
     save_every: int = rule(min=0)

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from rlpost.registry import Registry
-from rlpost.rewards import gsm8k
+from rlpost.rewards import arithmetic, gsm8k
 
 REWARD_FUNCTIONS: Registry = Registry("reward data_source")
 REWARD_FUNCTIONS.register("openai/gsm8k", "gsm8k", "reasoning_gym/gsm_symbolic")(gsm8k.compute_score)
+REWARD_FUNCTIONS.register("reasoning_gym/chain_sum")(arithmetic.compute_score)
 
 
 class RewardError(RuntimeError):

@@ -20,7 +20,7 @@ from rlpost.rewards.reward import Reward
 from rlpost.rollout.rollout import Rollout
 from rlpost.trainer import checkpoints
 from rlpost.trainer.advantage import add_advantages
-from rlpost.trainer.step_metrics import Timer, batch_metrics, sample_rows
+from rlpost.trainer.step_metrics import SignalWatch, Timer, batch_metrics, sample_rows
 from rlpost.trainer.tracking import Tracker
 from rlpost.trainer.validation import validate
 
@@ -51,6 +51,7 @@ class PPOTrainer:
         self.reward.check_sources([s.data_source for s in self.train_data.samples])
         k = cfg.algorithm.kl_ctrl
         self.kl_ctrl = make_kl_controller(k.type, k.kl_coef, k.target_kl, k.horizon)
+        self.signal = SignalWatch(cfg.trainer.no_signal_warn_steps)
         self.uses_critic = estimator(cfg).needs_critic
         roles = ["actor"] + ["ref"] * uses_reference(cfg) + ["critic"] * self.uses_critic
         split = cfg.cluster.placement == "split"
@@ -119,6 +120,7 @@ class PPOTrainer:
         last = self.step == self.total_steps
         if cfg.trainer.val_every and (self.step % cfg.trainer.val_every == 0 or last):
             metrics |= self.validate()
+        self.signal.update(self.step, metrics)
         self.tracker.log(metrics, self.step)
         self.tracker.log_samples(sample_rows(batch, cfg.trainer.log_samples), self.step)
         if last or (cfg.trainer.save_every and self.step % cfg.trainer.save_every == 0):
@@ -165,9 +167,13 @@ class PPOTrainer:
 
 def train(cfg: RLConfig) -> Path:
     """A whole run, workers freed at the end however it ends; returns the run directory."""
+    from rlpost.trainer.plots import plot_run
+
     trainer = PPOTrainer(cfg)
     try:
         trainer.fit()
     finally:
         trainer.close()
+    if "jsonl" in cfg.trainer.logger:
+        plot_run(trainer.run_dir)
     return trainer.run_dir

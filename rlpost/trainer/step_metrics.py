@@ -1,7 +1,8 @@
-"""Per-step metrics from the training Batch, and phase timing."""
+"""Per-step metrics from the training Batch, the no-signal watch, and phase timing."""
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 
@@ -12,6 +13,8 @@ from rlpost.algorithms.masked import masked_mean
 from rlpost.batch import Batch
 from rlpost.config.derived import policy_loss_settings
 from rlpost.config.schema import RLConfig
+
+log = logging.getLogger(__name__)
 
 
 def _stats(prefix: str, x: torch.Tensor) -> dict:
@@ -35,6 +38,8 @@ def batch_metrics(batch: Batch, cfg: RLConfig) -> dict:
         out["reward/acc"] = sum(float(a) for a in batch["acc"]) / len(batch)
     lengths = batch["response_lengths"]
     out |= _stats("response_length", lengths) | _stats("prompt_length", batch["prompt_lengths"])
+    out["response_length/std"] = float(lengths.float().std()) if len(batch) > 1 else 0.0
+    out |= collapse_metrics(batch)
     out["response_length/clip_ratio"] = float((lengths >= max_response_length).float().mean())
     out |= _stats("advantages", masked_mean(batch["advantages"], mask, dim=-1))
     if "values" in batch:
@@ -54,6 +59,37 @@ def batch_metrics(batch: Batch, cfg: RLConfig) -> dict:
         out["actor/rollout_logprob_diff_mean"] = _mean(diff, mask)
         out["actor/rollout_logprob_diff_max"] = float((diff * mask).max())
     return out
+
+
+def collapse_metrics(batch: Batch) -> dict:
+    """What an RL practitioner reads first for reward hacking and collapse: the share of prompt groups whose samples
+    all scored the same (GRPO-style estimators give them zero advantage: nothing to learn), the share of response
+    tokens with exactly zero advantage, and the share of distinct responses in the batch (identical short answers)."""
+    groups: dict = {}
+    for uid, score in zip(batch["uid"], batch["score"]):
+        groups.setdefault(uid, []).append(score)
+    mask = batch["loss_mask"].bool()
+    return {"collapse/flat_group_frac": sum(len(set(g)) == 1 for g in groups.values()) / len(groups),
+            "collapse/zero_adv_token_frac": float((batch["advantages"][mask] == 0).float().mean()),
+            "collapse/distinct_response_frac": len(set(batch["response_text"])) / len(batch)}
+
+
+class SignalWatch:
+    """Warns when every group has been flat for `steps` steps in a row: the policy gets no gradient from the reward
+    (the task is too hard or too easy for it, or it collapsed onto one answer)."""
+
+    def __init__(self, steps: int):
+        self.steps, self.flat_in_a_row = steps, 0
+
+    def update(self, step: int, metrics: dict) -> str | None:
+        self.flat_in_a_row = self.flat_in_a_row + 1 if metrics["collapse/flat_group_frac"] == 1.0 else 0
+        if not self.steps or self.flat_in_a_row < self.steps:
+            return None
+        warning = (f"step {step}: no learning signal for {self.flat_in_a_row} steps in a row: in every group all "
+                   f"samples scored the same (reward {metrics['reward/mean']:.3f}), so every advantage is zero; the "
+                   f"task is too hard or too easy for the policy, or it collapsed (see the logged samples)")
+        log.warning(warning)
+        return warning
 
 
 SAMPLE_KEYS = ("uid", "data_source", "score", "finish_reason", "num_turns", "tool_calls", "response_text")

@@ -1,5 +1,6 @@
 """Validation: the validation prompts (or their first data.val_max_samples) with rollout.val_sampling, scored by the
-same reward; mean reward (and accuracy, when the reward function reports `acc`) per data_source."""
+same reward; mean reward (and accuracy, when the reward function reports `acc`; with n > 1 samples per prompt also
+pass@n, the share of prompts with at least one correct sample) per data_source."""
 
 from __future__ import annotations
 
@@ -25,5 +26,11 @@ def validate(rollout: Rollout, data: RLDataset, reward: Reward, cfg: RLConfig) -
         out[f"val/{source}/reward_mean"] = sum(s.fields["score"] for s in group) / len(group)
         if all("acc" in s.fields for s in group):
             out[f"val/{source}/acc"] = sum(float(s.fields["acc"]) for s in group) / len(group)
+            n = cfg.rollout.val_sampling.n
+            if n > 1:
+                solved: dict = {}
+                for s in group:
+                    solved[s.fields["uid"]] = solved.get(s.fields["uid"], False) or bool(s.fields["acc"])
+                out[f"val/{source}/pass@{n}"] = sum(solved.values()) / len(solved)
         out[f"val/{source}/response_length_mean"] = sum(len(s.response_ids) for s in group) / len(group)
     return out

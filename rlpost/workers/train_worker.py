@@ -110,9 +110,12 @@ class TrainWorker(Worker):
     # ---- checkpoints --------------------------------------------------------------------------------------------
 
     def save(self, directory: str, extra: dict) -> None:
-        from rlpost.megatron.dist_checkpoint import save_checkpoint
+        """Distributed checkpoints of the trained roles, and the actor as an HF directory (`actor_hf`: what
+        `rlpost eval` and inference servers load)."""
+        from rlpost.megatron.dist_checkpoint import export_hf, save_checkpoint
 
         save_checkpoint(self.actor.stage, self.actor.optimizer, self.actor.scheduler, Path(directory) / "actor", extra)
+        export_hf(self.actor.stage, Path(directory) / "actor_hf", self.model_dirs["actor"])
         if self.critic is not None:
             save_checkpoint(self.critic.stage, self.critic.optimizer, self.critic.scheduler,
                             Path(directory) / "critic", extra)
