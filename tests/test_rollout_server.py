@@ -342,7 +342,8 @@ def test_bad_requests_get_400_with_a_message(server):
         errors = []
         for payload in [{"input_ids": PROMPT, "sampling_params": {"temprature": 1}},
                         {"input_ids": PROMPT, "text": "both"}, {"input_ids": [1, 10 ** 7]},
-                        {"input_ids": PROMPT, "sampling_params": {"top_p": 2}}, {"input_ids": PROMPT, "rid": 5}]:
+                        {"input_ids": PROMPT, "sampling_params": {"top_p": 2}}, {"input_ids": PROMPT, "rid": 5},
+                        {"input_ids": [True, False]}]:
             with pytest.raises(ServerError) as info:
                 await client.request(server.spec.url, "/generate", payload)
             errors.append((info.value.status, info.value.message))
@@ -355,7 +356,7 @@ def test_bad_requests_get_400_with_a_message(server):
     assert all(status == 400 for status, _ in errors)
     assert "did you mean 'temperature'" in errors[0][1] and "exactly one of" in errors[1][1]
     assert "outside the vocabulary" in errors[2][1] and "top_p" in errors[3][1] and "'rid' must be" in errors[4][1]
-    assert "messages" in errors[5][1]
+    assert "messages" in errors[6][1] and "input token id True is not an integer" in errors[5][1]
 
 
 def test_200_concurrent_requests_all_answered(server):

@@ -95,6 +95,10 @@ class Engine:
         if not request.input_ids:
             raise RequestError("the prompt is empty (no input tokens)")
         vocab = self.model.dims.vocab
+        # type, not isinstance: JSON true/false arrive as bools, which are ints to Python and break the model's lookup
+        bad = next((t for t in request.input_ids if type(t) is not int), None)
+        if bad is not None:
+            raise RequestError(f"input token id {bad!r} is not an integer")
         bad = next((t for t in request.input_ids if not 0 <= t < vocab), None)
         if bad is not None:
             raise RequestError(f"input token id {bad} is outside the vocabulary [0, {vocab})")
@@ -103,7 +107,11 @@ class Engine:
                                f"{self.context_length}")
         if request.params.max_new_tokens is None:
             request.params.max_new_tokens = self.context_length - len(request.input_ids)
-        bad = next((t for t in request.params.stop_token_ids or () if not 0 <= t < vocab), None)
+        stop_ids = request.params.stop_token_ids or ()
+        bad = next((t for t in stop_ids if type(t) is not int), None)
+        if bad is not None:
+            raise RequestError(f"sampling_params.stop_token_ids: {bad!r} is not an integer")
+        bad = next((t for t in stop_ids if not 0 <= t < vocab), None)
         if bad is not None:
             raise RequestError(f"sampling_params.stop_token_ids: {bad} is outside the vocabulary [0, {vocab})")
         if request.return_logprob:
