@@ -41,6 +41,13 @@ class RLDataset:
     and kept in n_filtered); otherwise truncation decides: 'error' names the row, 'left'/'right' cut tokens.
     """
 
+    @classmethod
+    def from_config(cls, files: Sequence[str | Path], tokenizer, data, tools: list[dict] | None = None) -> RLDataset:
+        """With the data section's settings (rlpost.config.schema.DataConfig): how training and evaluation read
+        prompts alike."""
+        return cls(files, tokenizer, data.max_prompt_length, prompt_key=data.prompt_key, image_key=data.image_key,
+                   filter_overlong=data.filter_overlong_prompts, truncation=data.truncation, tools=tools)
+
     def __init__(
         self,
         files: Sequence[str | Path],

@@ -35,34 +35,24 @@ def evaluate(cfg: RLConfig, model: str, data_files: list[str], progress=None) ->
     from transformers import AutoTokenizer
 
     from rlpost.data.dataset import RLDataset
-    from rlpost.net import free_port
     from rlpost.rewards.reward import Reward
-    from rlpost.rollout.engine.engine import Engine
-    from rlpost.rollout.engine.server import HTTPThread
     from rlpost.rollout.rollout import Rollout
     from rlpost.trainer.validation import validate
+    from rlpost.workers.rollout import EngineHost
 
     path = resolve_model(model)
     d, r = cfg.data, cfg.rollout
     cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, placement="split"))  # memory stays put
     tokenizer = AutoTokenizer.from_pretrained(path)
-    engine = Engine(path, dtype=r.dtype, max_running=r.max_num_seqs,
-                    context_length=d.max_prompt_length + d.max_response_length,
-                    prefix_cache_tokens=r.prefix_cache_tokens, seed=cfg.trainer.seed,
-                    deterministic=r.deterministic_inference).start()
-    port = free_port()
-    http = HTTPThread(engine, "127.0.0.1", port)
+    host = EngineHost(str(path), r, d.max_prompt_length + d.max_response_length, cfg.trainer.seed, host="127.0.0.1")
     rollout = Rollout(cfg, tokenizer)
     try:
-        rollout.connect([f"http://127.0.0.1:{port}"], progress)
-        data = RLDataset(data_files, tokenizer, d.max_prompt_length, prompt_key=d.prompt_key, image_key=d.image_key,
-                         filter_overlong=d.filter_overlong_prompts, truncation=d.truncation,
-                         tools=rollout.tool_schemas)
+        rollout.connect([host.url], progress)
+        data = RLDataset.from_config(data_files, tokenizer, d, rollout.tool_schemas)
         metrics = validate(rollout, data, Reward(cfg.reward, d.max_response_length), cfg)
     finally:
         rollout.close()
-        http.stop()
-        engine.shutdown()
+        host.stop()
     s = r.val_sampling
     return {"model": str(path), "data": list(data_files), "prompts": min(len(data), d.val_max_samples or len(data)),
             "n": s.n, "temperature": s.temperature, "max_new_tokens": d.max_response_length, "metrics": metrics}

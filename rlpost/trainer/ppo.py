@@ -72,10 +72,7 @@ class PPOTrainer:
             raise
 
     def _dataset(self, files: list[str], tokenizer) -> RLDataset:
-        d = self.cfg.data
-        return RLDataset(files, tokenizer, d.max_prompt_length, prompt_key=d.prompt_key, image_key=d.image_key,
-                         filter_overlong=d.filter_overlong_prompts, truncation=d.truncation,
-                         tools=self.rollout.tool_schemas)
+        return RLDataset.from_config(files, tokenizer, self.cfg.data, self.rollout.tool_schemas)
 
     # ---- the loop -----------------------------------------------------------------------------------------------
 

@@ -12,16 +12,18 @@ from rlpost.workers.base import Worker
 class EngineHost:
     """An Engine looping on a background thread plus its HTTP server on another."""
 
-    def __init__(self, model_dir: str, cfg: RolloutConfig, context_length: int, seed: int):
-        import ray
-
+    def __init__(self, model_dir: str, cfg: RolloutConfig, context_length: int, seed: int, host: str | None = None):
+        """host: where HTTP binds; by default this Ray node's address, which the trainer's client reaches."""
         from rlpost.rollout.engine.engine import Engine
         from rlpost.rollout.engine.server import HTTPThread
 
         self.engine = Engine(model_dir, dtype=cfg.dtype, max_running=cfg.max_num_seqs, context_length=context_length,
                              prefix_cache_tokens=cfg.prefix_cache_tokens, seed=seed,
                              deterministic=cfg.deterministic_inference).start()
-        host = ray.util.get_node_ip_address()
+        if host is None:
+            import ray
+
+            host = ray.util.get_node_ip_address()
         port = free_port()
         self.http = HTTPThread(self.engine, host, port)
         self.url = f"http://{host}:{port}"

@@ -36,6 +36,16 @@ def abort_reason(message: str) -> dict:
     return {"type": "abort", "message": message, "status_code": None, "err_type": None}
 
 
+def _check_token_ids(ids, vocab: int, what: str) -> None:
+    # type, not isinstance: JSON true/false arrive as bools, which are ints to Python and break the model's lookup
+    bad = next((t for t in ids if type(t) is not int), None)
+    if bad is not None:
+        raise RequestError(f"{what} {bad!r} is not an integer")
+    bad = next((t for t in ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise RequestError(f"{what} {bad} is outside the vocabulary [0, {vocab})")
+
+
 class Engine:
     def __init__(self, model_path: str | Path, dtype: str = "bfloat16", max_running: int = 64,
                  context_length: int | None = None, max_prefill_tokens: int = 4096,
@@ -95,25 +105,13 @@ class Engine:
         if not request.input_ids:
             raise RequestError("the prompt is empty (no input tokens)")
         vocab = self.model.dims.vocab
-        # type, not isinstance: JSON true/false arrive as bools, which are ints to Python and break the model's lookup
-        bad = next((t for t in request.input_ids if type(t) is not int), None)
-        if bad is not None:
-            raise RequestError(f"input token id {bad!r} is not an integer")
-        bad = next((t for t in request.input_ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise RequestError(f"input token id {bad} is outside the vocabulary [0, {vocab})")
+        _check_token_ids(request.input_ids, vocab, "input token id")
         if len(request.input_ids) >= self.context_length:
             raise RequestError(f"the prompt has {len(request.input_ids)} tokens; the context length is "
                                f"{self.context_length}")
         if request.params.max_new_tokens is None:
             request.params.max_new_tokens = self.context_length - len(request.input_ids)
-        stop_ids = request.params.stop_token_ids or ()
-        bad = next((t for t in stop_ids if type(t) is not int), None)
-        if bad is not None:
-            raise RequestError(f"sampling_params.stop_token_ids: {bad!r} is not an integer")
-        bad = next((t for t in stop_ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise RequestError(f"sampling_params.stop_token_ids: {bad} is outside the vocabulary [0, {vocab})")
+        _check_token_ids(request.params.stop_token_ids or (), vocab, "sampling_params.stop_token_ids:")
         if request.return_logprob:
             if not 0 <= request.top_logprobs_num <= vocab:
                 raise RequestError(f"top_logprobs_num must be in [0, {vocab}], got {request.top_logprobs_num}")

@@ -55,6 +55,12 @@ async def _json(request: web.Request) -> dict:
     return body
 
 
+async def _event_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    return response
+
+
 class EngineServer:
     def __init__(self, engine: Engine, served_model_name: str | None = None):
         self.engine = engine
@@ -271,8 +277,7 @@ class EngineServer:
             self.engine.call(lambda rid=req.rid: self.engine.abort(rid))
 
     async def _stream(self, request, requests, batch, queue, text_in_logprobs) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(request)
+        response = await _event_stream(request)
         for req in requests:
             self.engine.submit(req)
         remaining, sent = len(requests), [0] * len(requests)
@@ -295,8 +300,7 @@ class EngineServer:
         return response
 
     async def _stream_error(self, request: web.Request, message: str) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(request)
+        response = await _event_stream(request)
         error = {"message": message, "type": "invalid_request_error", "code": 400, "retryable": False}
         await response.write(f"data: {json.dumps({'error': error})}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
