@@ -448,28 +448,3 @@ def test_chat_completions_return_parsed_tool_calls(tmp_path):
         ("function", "calc", {"x": 7})]
     assert without["choices"][0]["message"]["content"] == f"<tool_call>{call}</tool_call>"
     assert without["choices"][0]["finish_reason"] == "stop" and without["choices"][0]["message"]["tool_calls"] is None
-
-
-class _RunsAShellCommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return os.system, (f"touch {self.marker}",)
-
-
-def test_a_tensor_payload_that_would_run_code_is_refused_before_it_runs(server, tmp_path):
-    """The embedded server unpickles /update_weights_from_tensor with an allowlist (CPU tensors only): SGLang's wire
-    format, without running whatever the pickle names."""
-    import base64
-    import pickle
-
-    marker = tmp_path / "ran"
-    payload = base64.b64encode(pickle.dumps([("model.norm.weight", _RunsAShellCommand(marker))])).decode()
-    body = {"serialized_named_tensors": [payload]}
-    with pytest.raises(ServerError, match=r"HTTP 400.*refuses to load posix\.system"), \
-            WeightServers([server.spec.url]).session():
-        run(_with_client(server, lambda c: c.request(server.spec.url, "/update_weights_from_tensor", body)))
-    assert not marker.exists()

@@ -1,5 +1,6 @@
 """The trainer end to end on a tiny random model with Ray on this machine: actor (tp, pp, dp) = (2, 2, 1) and
-infer_tp 2 in colocated and split placement; a run killed after a checkpoint resumes to the same metrics."""
+infer_tp 2 in colocated and split placement; a run killed after a checkpoint resumes to the same metrics, each
+step logged once."""
 
 import json
 import os
@@ -83,6 +84,8 @@ def test_killed_run_resumes_to_the_same_metrics(tiny):
     done = {int(p.name.split("_")[1]) for p in (run / "checkpoints").glob("step_*")}
     assert _train(tiny, "killed", ["trainer.resume=auto"]).wait(timeout=600) == 0
     resumed = read_metrics(Path(tiny["model"]).parent, "killed")
+    # one history: the steps the killed run logged after its checkpoint were dropped, not logged twice
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     first = max(done) + 1
     assert first <= 4
     for key in ("reward/mean", "reward/std", "response_length/mean", "actor/pg_loss", "actor/grad_norm",

@@ -21,7 +21,7 @@ from rlpost.rollout.rollout import Rollout
 from rlpost.trainer import checkpoints
 from rlpost.trainer.advantage import add_advantages
 from rlpost.trainer.step_metrics import SignalWatch, Timer, batch_metrics, sample_rows
-from rlpost.trainer.tracking import Tracker
+from rlpost.trainer.tracking import Tracker, drop_steps_after
 from rlpost.trainer.validation import validate
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class PPOTrainer:
             self.train = self.placement.train
             self.step = 0
             self._resume()
+            drop_steps_after(self.run_dir, self.step if self.step else -1)  # a fresh start replaces what was there
             self.tracker = Tracker(cfg.trainer.logger, self.run_dir, self.total_steps, self.step,
                                    dataclasses.asdict(cfg), cfg.trainer.project_name, cfg.trainer.experiment_name)
             self.rollout.connect(self.placement.server_urls, self.tracker.progress)

@@ -8,6 +8,9 @@ import math
 import os
 from pathlib import Path
 
+from rlpost.atomic import atomic_file
+
+METRICS, SAMPLES = "metrics.jsonl", "samples.jsonl"
 CONSOLE_KEYS = {"reward/mean": "reward", "reward/acc": "acc", "response_length/mean": "response_len",
                 "actor/pg_loss": "pg_loss", "actor/kl_ref": "kl_ref", "actor/grad_norm": "grad_norm",
                 "timing_s/step": "step_s"}
@@ -24,13 +27,15 @@ class Tracker:
 
             self._bar = tqdm(total=total_steps, initial=first_step, desc=experiment, unit="step", dynamic_ncols=True)
         if "jsonl" in backends:
-            self._jsonl = open(self.run_dir / "metrics.jsonl", "a")
+            self._jsonl = open(self.run_dir / METRICS, "a")
         if "tensorboard" in backends:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
                 raise ImportError("trainer.logger has 'tensorboard': pip install tensorboard") from e
-            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            # purge_step: TensorBoard hides what a killed run logged after the checkpoint this run resumes from
+            purge = first_step + 1 if first_step else None
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
         if "wandb" in backends:
             try:
                 import wandb
@@ -59,7 +64,7 @@ class Tracker:
         """Rows to samples.jsonl beside metrics.jsonl (jsonl logger only)."""
         if self._jsonl is None or not rows:
             return
-        with open(self.run_dir / "samples.jsonl", "a") as f:
+        with open(self.run_dir / SAMPLES, "a") as f:
             for row in rows:
                 f.write(json.dumps({"step": step, **row}) + "\n")
 
@@ -80,6 +85,25 @@ class Tracker:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def drop_steps_after(run_dir: Path, step: int) -> None:
+    """Keep only the rows of steps <= `step` in the run's JSONL files, so that a run resumed from the checkpoint of
+    `step` logs each step once: a run killed after that checkpoint had already logged some of the steps the resumed
+    one redoes (step -1: a run starting afresh keeps none). A row that does not parse (the half-written last line of
+    a killed run) goes too."""
+    for name in (METRICS, SAMPLES):
+        path = Path(run_dir) / name
+        if not path.is_file():
+            continue
+        with open(path, "rb") as src, atomic_file(path) as tmp, open(tmp, "wb") as dst:
+            for line in src:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                    dst.write(line.rstrip(b"\n") + b"\n")  # a kill just before the newline leaves none
 
 
 def _fmt(v: float) -> str:

@@ -15,6 +15,7 @@ is for callers that submit from several threads.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections import deque
@@ -34,6 +35,10 @@ from rlpost.rollout.engine.sampler import RowSettings, apply_penalties, sample
 
 def abort_reason(message: str) -> dict:
     return {"type": "abort", "message": message, "status_code": None, "err_type": None}
+
+
+def _engine_error(exc: Exception) -> str:
+    return f"engine error: {type(exc).__name__}: {exc}"
 
 
 def _check_token_ids(ids, vocab: int, what: str) -> None:
@@ -257,8 +262,8 @@ class Engine:
             return True
         try:
             self._step()
-        except Exception as exc:  # noqa: BLE001 - fail the batch's requests, keep serving
-            self._fail_all(f"engine error: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a decode step has no single culprit: fail its batch, keep serving
+            self._fail_all(_engine_error(exc))
         return True
 
     def _drain_incoming(self) -> None:
@@ -279,7 +284,7 @@ class Engine:
             return
         admitted = self._admit()
         if admitted:
-            self._prefill(admitted)
+            self._prefill_each_on_failure(admitted)
         elif self.running:
             self._decode()
         self.stats["steps"] += 1
@@ -294,6 +299,30 @@ class Engine:
             batch.append(self.waiting.popleft())
             budget -= need
         return batch
+
+    def _prefill_each_on_failure(self, batch: list[Request]) -> None:
+        """A packed prefill that raises is redone request by request, so only the request that broke it fails and
+        the rest of the batch, and every sequence already decoding, carry on."""
+        rows = len(self.running)
+        try:
+            self._prefill(batch)
+            return
+        except Exception as exc:  # noqa: BLE001 - retried below to find the request that caused it
+            del self.running[rows:]
+            if len(batch) == 1:
+                self._fail(batch[0], exc)
+                return
+        for req in batch:
+            try:
+                self._prefill([req])
+            except Exception as exc:  # noqa: BLE001 - this request's own failure, reported to it
+                del self.running[rows:]
+                self._fail(req, exc)
+            rows = len(self.running)
+
+    def _fail(self, req: Request, exc: Exception) -> None:
+        req.finish_reason = abort_reason(_engine_error(exc))
+        self._notify(req)
 
     def _prefill(self, batch: list[Request]) -> None:
         self.cache.ensure(max(r.length for r in self.running + batch) + 1)
@@ -381,6 +410,10 @@ class Engine:
         tokens, logprobs = tokens.tolist(), logprobs.tolist()
         top_lists = (top[0].tolist(), top[1].tolist()) if top is not None else None
         for i, req in enumerate(requests):
+            if not math.isfinite(logprobs[i]):  # a broken distribution (non-finite logits) samples garbage
+                req.finish_reason = abort_reason(f"engine error: the model's distribution for this sequence is not "
+                                                 f"finite (sampled log-probability {logprobs[i]})")
+                continue
             req.output_ids.append(tokens[i])
             if req.return_logprob:
                 req.output_logprobs.append(logprobs[i])

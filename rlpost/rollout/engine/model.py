@@ -142,6 +142,12 @@ class DecoderLM:
         is checked before anything is copied, so a bad name or shape leaves the model as it was."""
         named = list(named)
         for name, tensor in named:
+            if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided or tensor.device.type != "cpu":
+                raise ValueError(f"weight '{name}' must be a dense CPU tensor, got "
+                                 f"{getattr(tensor, 'layout', type(tensor).__name__)} on "
+                                 f"{getattr(tensor, 'device', '-')}")
+            if not tensor.dtype.is_floating_point:  # copy_ would cast ints, bools and complex numbers silently
+                raise ValueError(f"weight '{name}' has dtype {tensor.dtype}; weights are floating point")
             if name not in self._table:
                 raise KeyError(f"unknown weight '{name}' for a {self.config.model_type} model "
                                f"(expected Hugging Face names such as 'model.layers.0.self_attn.q_proj.weight')")

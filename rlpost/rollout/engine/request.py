@@ -3,6 +3,7 @@ on arrival so a bad request is refused with a message instead of failing inside 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -59,8 +60,10 @@ class SamplingParams:
             need(isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool),
                  f"{name} must be an integer, got {getattr(self, name)!r}")
         for name in ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty"):
-            need(isinstance(getattr(self, name), (int, float)) and not isinstance(getattr(self, name), bool),
-                 f"{name} must be a number, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and not isinstance(value, bool), f"{name} must be a number, got "
+                                                                                  f"{value!r}")
+            need(math.isfinite(value), f"{name} must be finite, got {value}")  # JSON's Infinity/NaN: NaN log-probs
         need(self.max_new_tokens is None or self.max_new_tokens >= 0,
              f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         need(0 <= self.min_new_tokens <= (self.max_new_tokens if self.max_new_tokens is not None else 1 << 62),
@@ -72,8 +75,8 @@ class SamplingParams:
         need(-2.0 <= self.frequency_penalty <= 2.0,
              f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")
         need(-2.0 <= self.presence_penalty <= 2.0, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}")
-        need(0.0 <= self.repetition_penalty <= 2.0,
-             f"repetition_penalty must be in [0, 2], got {self.repetition_penalty}")
+        need(0.0 < self.repetition_penalty <= 2.0,  # SGLang admits 0, which divides the logits by zero
+             f"repetition_penalty must be in (0, 2], got {self.repetition_penalty}")
         need(self.n >= 1, f"n must be >= 1, got {self.n}")
         need(self.stop is None or all(isinstance(s, str) and s for s in self.stop),
              "stop must be a string or a list of non-empty strings")

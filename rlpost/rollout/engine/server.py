@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import signal
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +42,46 @@ _UNSUPPORTED = {"image_data", "lora_path", "custom_logit_processor", "return_hid
 def _error(request: web.Request, message: str, status: int = 400) -> web.Response:
     """SGLang's error bodies: nested for its native endpoints, OpenAI's flat form under /v1/."""
     if request.path.startswith("/v1/"):
-        return web.json_response({"object": "error", "message": message, "type": "BadRequestError", "param": None,
-                                  "code": status}, status=status)
-    return web.json_response({"error": {"message": message}}, status=status)
+        return _respond({"object": "error", "message": message, "type": "BadRequestError", "param": None,
+                         "code": status}, status=status)
+    return _respond({"error": {"message": message}}, status=status)
 
 
 async def _json(request: web.Request) -> dict:
+    """The body as a JSON object, parsed off the event loop (a large body must not hold up /health). aiohttp answers
+    a body over the server's size limit with 413 before it is all read."""
+    raw = await request.read() if request.can_read_body else b"{}"
     try:
-        body = await request.json() if request.can_read_body else {}
-    except json.JSONDecodeError as e:
+        body = await asyncio.to_thread(json.loads, raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RequestError(f"request body is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise RequestError("request body is nested too deeply") from e
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
     return body
+
+
+def _finite(value):
+    """Non-finite floats as null, as SGLang's orjson writes them: a bare NaN or Infinity is not JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _dumps(value) -> str:
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False)
+
+
+def _respond(value, status: int = 200) -> web.Response:
+    return web.json_response(value, status=status, dumps=_dumps)
 
 
 async def _event_stream(request: web.Request) -> web.StreamResponse:
@@ -61,18 +90,26 @@ async def _event_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+MAX_REQUEST_BYTES = 64 << 20  # weight updates pass tensors by shared memory or broadcast, so bodies stay small
+
+
 class EngineServer:
-    def __init__(self, engine: Engine, served_model_name: str | None = None):
+    def __init__(self, engine: Engine, served_model_name: str | None = None,
+                 max_request_bytes: int = MAX_REQUEST_BYTES):
         self.engine = engine
         self.served_model_name = served_model_name or engine.model_path
         self.groups: dict[str, WeightUpdateGroup] = {}
+        self._rids: set[str] = set()  # of requests in flight: a second request with one of these is refused
+        # tokenising a long text takes seconds: on its own thread, one at a time (a fast tokenizer is not re-entrant)
+        self._tokenizing = ThreadPoolExecutor(1, thread_name_prefix="rlpost-tokenize")
+        self._max_token_chars: int | None = None
         self.in_session = False  # between /begin_weight_update and /end_weight_update
         # SGLang's model-update lock: a weight update waits for in-flight generations (unless generation is
         # paused, which is what pausing is for) and holds new ones back, so no sequence mixes two policies
         self._gate: asyncio.Condition | None = None
         self._generating = 0
         self._updating = False
-        self.app = web.Application(client_max_size=1 << 30, middlewares=[self._errors])
+        self.app = web.Application(client_max_size=max_request_bytes, middlewares=[self._errors])
         get, post = ("GET",), ("POST",)
         both = ("GET", "POST")
         for path, handler, methods in [
@@ -136,8 +173,22 @@ class EngineServer:
 
     # ---- generation ----------------------------------------------------------------------------------------------
 
-    def _requests(self, body: dict) -> tuple[list[Request], bool]:
-        """The engine requests of one /generate body, and whether the body was a batch."""
+    async def _tokenize(self, texts: list[str], **kwargs) -> list[list[int]]:
+        """Token ids of each text, refusing by length first a text that cannot fit the context: no token of this
+        tokenizer spans more than _max_token_chars characters."""
+        tok, context = self.engine.tokenizer, self.engine.context_length
+        if self._max_token_chars is None:
+            self._max_token_chars = max(map(len, tok.convert_ids_to_tokens(range(len(tok)))))
+        for text in texts:
+            if len(text) > context * self._max_token_chars:
+                raise RequestError(f"the prompt text has {len(text)} characters, more than the context length of "
+                                   f"{context} tokens can hold (a token of this tokenizer is at most "
+                                   f"{self._max_token_chars} characters)")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizing, lambda: [tok(t, **kwargs)["input_ids"] for t in texts])
+
+    async def _requests(self, body: dict) -> tuple[list[Request], bool, list[str]]:
+        """The engine requests of one /generate body, whether the body was a batch, and the rid of each prompt."""
         # like SGLang, top-level fields this server does not know are ignored (clients send routing hints etc.);
         # sampling_params is strict, because a misspelt sampling setting silently changes the rollout
         unsupported = sorted(k for k in _UNSUPPORTED if body.get(k))
@@ -151,7 +202,7 @@ class EngineServer:
             texts = text if batch else [text]
             if not all(isinstance(t, str) for t in texts):
                 raise RequestError("'text' must be a string or a list of strings")
-            prompts = [self.engine.tokenizer(t)["input_ids"] for t in texts]
+            prompts = await self._tokenize(texts)
         else:
             batch = bool(ids) and isinstance(ids[0], list)
             prompts = ids if batch else [ids]
@@ -170,10 +221,15 @@ class EngineServer:
             rids = [f"{rid}_{i}" for i in range(len(prompts))] if batch else [rid]
         if len(rids) != len(prompts) or not all(r is None or isinstance(r, str) for r in rids):
             raise RequestError("'rid' must be a string, or a list of strings with one per prompt")
+        rids = [r or uuid.uuid4().hex for r in rids]
+        if len(set(rids)) < len(rids):
+            raise RequestError("'rid' has the same id twice")
 
         def per(name: str, default):
             value = body.get(name)
             values = value if isinstance(value, list) else [value] * len(prompts)
+            if len(values) != len(prompts):
+                raise RequestError(f"{name} has {len(values)} entries for {len(prompts)} prompts")
             return [default if v is None else v for v in values]
 
         return_logprob, start, top_n = per("return_logprob", False), per("logprob_start_len", -1), per(
@@ -181,10 +237,10 @@ class EngineServer:
         requests = []
         for i, prompt in enumerate(prompts):
             requests += self._samples(
-                rids[i] or uuid.uuid4().hex, prompt, SamplingParams.from_json(params_list[i]),
+                rids[i], prompt, SamplingParams.from_json(params_list[i]),
                 return_logprob=bool(return_logprob[i]), logprob_start_len=int(start[i]),
                 top_logprobs_num=int(top_n[i]), stream=bool(body.get("stream")))
-        return requests, batch or len(requests) > 1
+        return requests, batch or len(requests) > 1, rids
 
     def _samples(self, base: str, ids: list[int], params: SamplingParams, **fields) -> list[Request]:
         """The params.n checked requests of one prompt. As SGLang: with deterministic inference every copy samples
@@ -242,22 +298,29 @@ class EngineServer:
     async def generate(self, request: web.Request) -> web.StreamResponse:
         body = await _json(request)
         try:
-            requests, batch = self._requests(body)
+            requests, batch, rids = await self._requests(body)
+            busy = next((rid for rid in rids if rid in self._rids), None)
+            if busy is not None:  # two requests under one rid would share its aborts
+                raise RequestError(f"rid '{busy}' is already in flight")
         except RequestError as e:
             if body.get("stream"):  # SGLang checks a streamed request after the stream opened
                 return await self._stream_error(request, str(e))
             raise
         text_in_logprobs = bool(body.get("return_text_in_logprobs", False))
         queue = self._track(requests)
-        async with self._generation():
-            if body.get("stream"):
-                return await self._stream(request, requests, batch, queue, text_in_logprobs)
-            return await self._complete(requests, batch, queue, text_in_logprobs)
+        self._rids.update(rids)
+        try:
+            async with self._generation():
+                if body.get("stream"):
+                    return await self._stream(request, requests, batch, queue, text_in_logprobs)
+                return await self._complete(requests, batch, queue, text_in_logprobs)
+        finally:
+            self._rids.difference_update(rids)
 
     async def _complete(self, requests, batch, queue, text_in_logprobs) -> web.Response:
         await self._run(requests, queue)
         outputs = [self._output(r, text_in_logprobs) for r in requests]
-        return web.json_response(outputs if batch else outputs[0])
+        return _respond(outputs if batch else outputs[0])
 
     async def _run(self, requests: list[Request], queue: asyncio.Queue) -> None:
         """Submit and wait until every request has finished."""
@@ -291,7 +354,7 @@ class EngineServer:
                 sent[index] = len(requests[index].output_ids) if finished else count
                 if batch:
                     chunk["index"] = index
-                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                await response.write(f"data: {_dumps(chunk)}\n\n".encode())
                 remaining -= finished
             await response.write(b"data: [DONE]\n\n")
         except (asyncio.CancelledError, ConnectionResetError):
@@ -318,8 +381,8 @@ class EngineServer:
             raise RequestError(f"the model's tokenizer ({self.engine.model_path}) has no chat template")
         tool_choice = body.get("tool_choice", "auto")
         use_tools = tools if tools and tool_choice != "none" else None
-        prompt = tok.apply_chat_template(_with_parsed_arguments(messages), tools=use_tools,
-                                         add_generation_prompt=True, tokenize=False)
+        prompt = await asyncio.get_running_loop().run_in_executor(self._tokenizing, lambda: tok.apply_chat_template(
+            _with_parsed_arguments(messages), tools=use_tools, add_generation_prompt=True, tokenize=False))
         stop = body.get("stop")
         params = SamplingParams.from_json({
             "max_new_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or
@@ -330,7 +393,7 @@ class EngineServer:
             "presence_penalty": body.get("presence_penalty", 0.0),
             "skip_special_tokens": body.get("skip_special_tokens", True),
         })
-        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        ids = (await self._tokenize([prompt], add_special_tokens=False))[0]
         params.max_new_tokens = min(params.max_new_tokens, self.engine.context_length - len(ids))
         logprobs, top_n = bool(body.get("logprobs")), int(body.get("top_logprobs") or 0)
         base = uuid.uuid4().hex
@@ -341,7 +404,7 @@ class EngineServer:
         known = [t["function"]["name"] for t in tools or [] if isinstance(t, dict) and "function" in t]
         choices = [self._choice(j, req, use_tools is not None, known) for j, req in enumerate(requests)]
         completion = sum(len(r.output_ids) for r in requests)
-        return web.json_response({
+        return _respond({
             "id": base, "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model") or self.served_model_name, "choices": choices,
             "usage": {"prompt_tokens": len(ids), "completion_tokens": completion,
@@ -397,7 +460,7 @@ class EngineServer:
         return web.Response(status=200)
 
     async def model_info(self, request: web.Request) -> web.Response:
-        return web.json_response({
+        return _respond({
             "model_path": self.engine.model_path, "tokenizer_path": self.engine.model_path, "is_generation": True,
             "preferred_sampling_params": None, "weight_version": self.engine.weight_version,
             "has_image_understanding": False, "has_audio_understanding": False,
@@ -405,7 +468,7 @@ class EngineServer:
 
     async def server_info(self, request: web.Request) -> web.Response:
         e = self.engine
-        return web.json_response({
+        return _respond({
             "model_path": e.model_path, "dtype": dtype_name(e.model.dtype), "tp_size": 1,
             "context_length": e.context_length, "max_running_requests": e.max_running,
             "max_prefill_tokens": e.max_prefill_tokens, "prefix_cache_tokens": e.prefix_cache.max_tokens,
@@ -414,10 +477,10 @@ class EngineServer:
         })
 
     async def weight_version(self, request: web.Request) -> web.Response:
-        return web.json_response({"weight_version": self.engine.weight_version})
+        return _respond({"weight_version": self.engine.weight_version})
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
+        return _respond({"object": "list", "data": [
             {"id": self.served_model_name, "object": "model", "created": int(time.time()), "owned_by": "rlpost",
              "root": self.served_model_name, "max_model_len": self.engine.context_length}]})
 
@@ -429,7 +492,7 @@ class EngineServer:
     # ---- weights -------------------------------------------------------------------------------------------------
 
     def _result(self, success: bool, message: str, **extra) -> web.Response:
-        return web.json_response({"success": success, "message": message, **extra}, status=200 if success else 400)
+        return _respond({"success": success, "message": message, **extra}, status=200 if success else 400)
 
     async def _update(self, body: dict, named, what: str) -> web.Response:
         if body.get("abort_all_requests"):
@@ -439,8 +502,9 @@ class EngineServer:
                 count = await self._on_engine(lambda: self.engine.load_weights(
                     named() if callable(named) else named, bool(body.get("flush_cache", True)),
                     body.get("weight_version")))
-            except (KeyError, ValueError, RuntimeError) as e:
-                return self._result(False, f"Failed to update weights from {what}: {e}")
+            except Exception as e:  # noqa: BLE001 - any failure to read or check the tensors is the sender's;
+                # Engine.load_weights checks every tensor before it copies any, so the weights are as they were
+                return self._result(False, f"Failed to update weights from {what}: {type(e).__name__}: {e}")
         version = body.get("weight_version")
         suffix = f" Weight version updated to {version}." if version is not None else ""
         return self._result(True, f"Succeeded to update model weights ({count} tensors from {what}).{suffix}")
@@ -487,13 +551,15 @@ class EngineServer:
             return self._result(False, f"Failed to update weights from disk: '{path}' is not a model directory")
         from rlpost.models.safetensors_dir import SafetensorsDir
 
-        reader = SafetensorsDir(path)
-        known = set(self.engine.model._table)
-        response = await self._update(body, lambda: ((n, reader.get(n)) for n in reader.files if n in known), "disk")
+        def read() -> list:  # all of it before any weight changes: a corrupt file fails the update, not half of it
+            reader, known = SafetensorsDir(path), set(self.engine.model._table)
+            return [(n, reader.get(n)) for n in reader.files if n in known]
+
+        response = await self._update(body, read, "disk")
         payload = json.loads(response.body)
         if payload["success"]:
             self.engine.model_path = path
-        return web.json_response({**payload, "num_paused_requests": 0}, status=response.status)
+        return _respond({**payload, "num_paused_requests": 0}, status=response.status)
 
     async def init_group(self, request: web.Request) -> web.Response:
         body = await _json(request)
@@ -549,12 +615,12 @@ class EngineServer:
     async def release_memory(self, request: web.Request) -> web.Response:
         body = await _json(request)
         await self._on_engine(lambda: self.engine.release_memory(body.get("tags")))
-        return web.json_response(None)
+        return _respond(None)
 
     async def resume_memory(self, request: web.Request) -> web.Response:
         body = await _json(request)
         await self._on_engine(lambda: self.engine.resume_memory(body.get("tags")))
-        return web.json_response(None)
+        return _respond(None)
 
     async def pause(self, request: web.Request) -> web.Response:
         body = await _json(request)
@@ -562,11 +628,11 @@ class EngineServer:
         if self._gate is not None:  # an update waiting for in-flight generations may now proceed
             async with self._gate:
                 self._gate.notify_all()
-        return web.json_response({"message": "Generation paused successfully.", "status": "ok"})
+        return _respond({"message": "Generation paused successfully.", "status": "ok"})
 
     async def continue_generation(self, request: web.Request) -> web.Response:
         await self._on_engine(self.engine.resume_generation)
-        return web.json_response({"message": "Generation continued successfully.", "status": "ok"})
+        return _respond({"message": "Generation continued successfully.", "status": "ok"})
 
     async def abort(self, request: web.Request) -> web.Response:
         body = await _json(request)
