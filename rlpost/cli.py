@@ -121,7 +121,7 @@ def _serve_sandbox(args: argparse.Namespace) -> None:
     settings = SandboxSettings(python=args.python, default_memory_mb=args.memory_mb, max_memory_mb=args.max_memory_mb,
                                max_run_timeout_s=args.max_run_timeout, max_output_bytes=args.max_output_bytes,
                                tmp_size_mb=args.tmp_size_mb, max_processes=args.max_processes,
-                               unprivileged_uid=args.uid, ro_binds=tuple(args.ro_bind))
+                               unprivileged_uid=args.uid, ro_binds=tuple(args.ro_bind), cgroups=args.cgroups)
     serve(Sandbox(settings), args.host, args.port, args.max_concurrency)
 
 
@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also show this host path, read-only (e.g. a venv with numpy); repeatable")
     sbx.add_argument("--uid", type=int, default=65534,
                      help="unprivileged uid that a server started as root runs code as")
+    sbx.add_argument("--cgroups", default="auto", choices=["auto", "require", "off"],
+                     help="a memory + pids cgroup per run, bounding the run as a whole (auto: where the host allows "
+                          "it, saying so at start-up)")
     sbx.set_defaults(func=_serve_sandbox)
     return parser
 

@@ -49,7 +49,7 @@ def sandbox(tmp_path_factory):
             proc.kill()
             pytest.fail(f"the sandbox server did not start:\n{open(log.name).read()}")
         time.sleep(0.1)
-    yield SimpleNamespace(url=url, secret=canary, **vars(limits))
+    yield SimpleNamespace(url=url, secret=canary, pid=proc.pid, log=log.name, **vars(limits))
     proc.terminate()
     proc.wait(timeout=10)
     log.close()

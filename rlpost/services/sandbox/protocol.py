@@ -41,6 +41,7 @@ class RunCodeRequest:
         for name in ("code", "language"):
             if not isinstance(body.get(name), str):
                 raise InvalidRequest(name, "field required (a string)")
+            _utf8(body[name], name)
         if body["language"] not in LANGUAGES:
             raise InvalidRequest("language", f"'{body['language']}' is not one of {list(LANGUAGES)}")
         req = cls(code=body["code"], language=body["language"])
@@ -55,6 +56,7 @@ class RunCodeRequest:
         req.memory_limit_MB = memory
         if body.get("stdin") is not None and not isinstance(body["stdin"], str):
             raise InvalidRequest("stdin", "expected a string or null")
+        _utf8(body.get("stdin") or "", "stdin")
         req.stdin = body.get("stdin")
         req.files = _files(body.get("files") or {})
         fetch = body.get("fetch_files") or []
@@ -64,8 +66,17 @@ class RunCodeRequest:
         return req
 
 
+def _utf8(text: str, field_name: str) -> None:
+    """JSON admits lone surrogates (\\ud800), which no file or program input can hold."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as e:
+        raise InvalidRequest(field_name, f"not valid Unicode text (a lone surrogate at {e.start})") from e
+
+
 def _relative(path: str, field_name: str) -> str:
     """Paths are relative to the run's working directory and stay inside it."""
+    _utf8(path, field_name)
     norm = posixpath.normpath(path)
     if not path or norm.startswith(("/", "..")) or norm == ".":
         raise InvalidRequest(field_name, f"'{path}' must be a relative path inside the working directory")
@@ -82,7 +93,7 @@ def _files(files: object) -> dict[str, str | None]:
                 raise InvalidRequest("files", f"'{path}': expected base64 text or null")
             try:
                 base64.b64decode(content, validate=True)
-            except binascii.Error as e:
+            except (binascii.Error, ValueError) as e:  # ValueError: not ASCII
                 raise InvalidRequest("files", f"'{path}': not valid base64: {e}") from e
         out[_relative(path, "files")] = content
     for path in out:

@@ -29,9 +29,11 @@ class SandboxServer:
 
     async def run_code(self, request: web.Request) -> web.Response:
         try:
-            req = RunCodeRequest.from_json(await request.json())
-        except json.JSONDecodeError as e:
+            req = RunCodeRequest.from_json(await asyncio.to_thread(json.loads, await request.read()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             return web.json_response(InvalidRequest("__root__", f"not valid JSON: {e}").detail(), status=422)
+        except RecursionError:
+            return web.json_response(InvalidRequest("__root__", "JSON nested too deeply").detail(), status=422)
         except InvalidRequest as e:
             return web.json_response(e.detail(), status=422)
         refusal = self.sandbox.check_request(req)
@@ -58,6 +60,6 @@ def serve(sandbox: Sandbox, host: str = "127.0.0.1", port: int = 8080, max_concu
         await self_test(sandbox)
         return SandboxServer(sandbox, max_concurrency).app
 
-    print(f"rlpost sandbox serving on http://{host}:{port} (languages: {', '.join(sandbox.settings.languages())})",
-          flush=True)
+    print(f"rlpost sandbox serving on http://{host}:{port} (languages: {', '.join(sandbox.settings.languages())}); "
+          f"{sandbox.bounds()}", flush=True)
     web.run_app(started(), host=host, port=port, access_log=None, print=None)
