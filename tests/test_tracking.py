@@ -1,11 +1,10 @@
 """The metric sinks write what they were given: JSONL lines, TensorBoard scalars (read back with TensorBoard's
-own reader) and an offline W&B run (its summary, and the values in the run file `wandb sync` uploads); a resumed
-run's JSONL files hold each step once."""
+own reader) and an offline W&B run (its summary, and the values in the run file `wandb sync` uploads)."""
 
 import json
 import os
 
-from rlpost.trainer.tracking import Tracker, drop_steps_after
+from rlpost.trainer.tracking import Tracker
 
 STEPS = {1: {"reward/mean": 0.25, "actor/grad_norm": 1.5}, 2: {"reward/mean": 0.75, "actor/grad_norm": 0.5}}
 
@@ -23,29 +22,6 @@ def test_jsonl_and_tensorboard_hold_every_step(tmp_path):
     events.Reload()
     for key in ("reward/mean", "actor/grad_norm"):
         assert [(e.step, e.value) for e in events.Scalars(key)] == [(s, m[key]) for s, m in STEPS.items()]
-
-
-def test_resume_drops_the_killed_runs_later_steps(tmp_path):
-    """A run killed after its checkpoint of step 3 had logged steps 4 and 5 (the last line half written); resumed
-    from step 3 it logs 4 and 5 again, and each file holds steps 1..5 once, 4 and 5 from the resumed run."""
-    killed = Tracker(["jsonl"], tmp_path, 5, 0, {}, "p", "e")
-    for step in range(1, 6):
-        killed.log({"reward/mean": 0.0}, step)
-        killed.log_samples([{"output": "killed"}], step)
-    killed.close()
-    for name in ("metrics.jsonl", "samples.jsonl"):
-        with open(tmp_path / name, "a") as f:
-            f.write('{"step": 6, "rew')
-    drop_steps_after(tmp_path, 3)
-    resumed = Tracker(["jsonl"], tmp_path, 5, 3, {}, "p", "e")
-    for step in (4, 5):
-        resumed.log({"reward/mean": 1.0}, step)
-        resumed.log_samples([{"output": "resumed"}], step)
-    resumed.close()
-    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert metrics == [{"step": s, "reward/mean": 0.0 if s <= 3 else 1.0} for s in range(1, 6)]
-    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
-    assert samples == [{"step": s, "output": "killed" if s <= 3 else "resumed"} for s in range(1, 6)]
 
 
 def test_wandb_runs_offline_with_config_and_history(tmp_path, monkeypatch):
