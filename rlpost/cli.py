@@ -29,6 +29,18 @@ def _preprocess_arithmetic(args: argparse.Namespace) -> None:
     print(f"wrote {args.train_size} training rows to {train} and {args.test_size} held-out rows to {test}")
 
 
+def _preprocess_search_r1(args: argparse.Namespace) -> None:
+    from rlpost.data.preprocess import search_r1
+
+    paths, n = search_r1.build_default(args.out_dir, args.test_fraction)
+    print(f"corpus: {n.documents} Wikipedia summaries -> {paths['corpus']}")
+    print(f"FanOutQA dev sub-questions: {n.sub_questions}; evidence page in the corpus: {n.page_in_corpus}; "
+          f"answer in that page's summary: {n.answer_in_page} ({n.questions} distinct questions)")
+    print(f"articles with a description of their own: {n.description_questions} questions (which article is it?)")
+    print(f"train: {n.train} questions over {n.train_pages} pages -> {paths['train']}")
+    print(f"test: {n.test} questions over {n.test_pages} other pages -> {paths['test']}")
+
+
 def _config(args: argparse.Namespace) -> None:
     from rlpost.config import config_to_dict, load_config, run_dir, save_config
 
@@ -125,6 +137,13 @@ def _serve_sandbox(args: argparse.Namespace) -> None:
     serve(Sandbox(settings), args.host, args.port, args.max_concurrency)
 
 
+def _serve_retrieval(args: argparse.Namespace) -> None:
+    from rlpost.services.retrieval.index import open_index
+    from rlpost.services.retrieval.server import serve
+
+    serve(open_index(args.corpus, args.retriever, rebuild=args.rebuild), args.host, args.port, args.topk)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rlpost.models.gguf import MODEL_ASSETS
 
@@ -151,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--test-size", type=int, default=256)
     a.add_argument("--seed", type=int, default=0)
     a.set_defaults(func=_preprocess_arithmetic)
+    r = pre_sub.add_parser("search-r1", help="Search-R1-style retrieval QA offline: a Wikipedia corpus for the "
+                                             "retrieval service, and FanOutQA questions it answers, split by page")
+    r.add_argument("--out-dir", default="data/search_r1", help="where corpus.jsonl, train.parquet and test.parquet go")
+    r.add_argument("--test-fraction", type=float, default=0.2, help="share of the questions held out")
+    r.set_defaults(func=_preprocess_search_r1)
 
     c = sub.add_parser("config", help="resolve and validate a recipe; print it or write it to the run directory")
     c.add_argument("recipe", nargs="?", help="recipe YAML (omit for the defaults alone)")
@@ -241,6 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a memory + pids cgroup per run, bounding the run as a whole (auto: where the host allows "
                           "it, saying so at start-up)")
     sbx.set_defaults(func=_serve_sandbox)
+
+    ret = serve_sub.add_parser("retrieval", help="Search-R1's /retrieve API over a JSONL corpus; the index is built "
+                                                 "once and saved beside the corpus")
+    ret.add_argument("--corpus", required=True, help='JSONL, one {"id": str, "contents": str} a line (Search-R1\'s '
+                                                     'format: the title in double quotes on the first line)')
+    ret.add_argument("--retriever", default="bm25", choices=["bm25", "dense"],
+                     help="bm25: sparse (bm25s); dense: all-MiniLM-L6-v2 embeddings in a faiss flat index")
+    ret.add_argument("--topk", type=int, default=3, help="documents a query gets when the request's topk is null")
+    ret.add_argument("--host", default="127.0.0.1")
+    ret.add_argument("--port", type=int, default=8000)
+    ret.add_argument("--rebuild", action="store_true", help="build the index even if a current one is saved")
+    ret.set_defaults(func=_serve_retrieval)
     return parser
 
 

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 
 from rlpost.rewards.gsm8k import compute_score, extract_answer
@@ -86,3 +87,54 @@ def test_arithmetic_reward_pays_the_stated_answer_only():
     assert compute_score("The final answer is 13.", "14") == {"score": 0.0, "acc": False}
     assert compute_score("0 + 3 =", "3") == {"score": 0.0, "acc": False}
     assert compute_score("I cannot tell.", "3") == {"score": 0.0, "acc": False}
+
+
+# Search-R1 exact match, verl's search_r1_like_qa_em.compute_score semantics, each expected value worked out by hand:
+# the last <answer>...</answer> span (re.DOTALL, stripped), lower-cased, punctuation deleted (not replaced by a space),
+# whole-word a/an/the removed, whitespace collapsed, then compared whole with each target.
+SEARCH_R1_CASES = [
+    ("<think>Capital of France.</think><answer> Paris </answer>", ["Paris"], 1.0),  # correct
+    ("<answer>London</answer>", ["Paris"], 0.0),  # wrong: format_score 0.0
+    ("<answer>the Eiffel Tower.</answer>", "Eiffel Tower", 1.0),  # article, full stop, case; str target
+    ("<answer>Eiffel-Tower</answer>", ["Eiffel Tower"], 0.0),  # '-' is deleted: "eiffeltower"
+    ("<answer>An apple a DAY</answer>", ["apple day"], 1.0),  # articles are whole words only...
+    ("<answer>theatre</answer>", ["atre"], 0.0),  # ...so "the" inside a word stays
+    ("<answer>Berlin</answer> no, wait: <answer>Paris</answer>", ["Paris"], 1.0),  # the last span counts
+    ("<answer>Berlin</answer> no, wait: <answer>Paris</answer>", ["Berlin"], 0.0),
+    ("The answer is Paris.", ["Paris"], 0.0),  # no tag
+    ("<answer>Paris", ["Paris"], 0.0),  # never closed
+    ("<ANSWER>Paris</ANSWER>", ["Paris"], 0.0),  # tags are case-sensitive
+    ("<answer>\n  Mount\nEverest\n</answer>", ["Mount Everest"], 1.0),  # spans lines
+    ("<answer>new york city</answer>", ["NYC", "New York City"], 1.0),  # any target
+    ("<answer>Washington DC</answer>", np.array(["Washington, D.C.", "Washington"]), 1.0),  # numpy, as parquet gives
+    ("<answer>1,209</answer>", np.array(["1209"]), 1.0),
+    ("<answer></answer>", ["Paris"], 0.0),  # empty answer, found but wrong
+    ("<answer> </answer>", ["The"], 1.0),  # both normalise to ""
+    ("<answer>x</answer>" * 10, ["x"], 1.0),  # 10 tags: no penalty
+    ("<answer>x</answer>" * 11, ["x"], 0.25),  # more than 10: a quarter
+    ("<answer>y</answer>" * 11, ["x"], 0.0),
+]
+
+
+@pytest.mark.parametrize("response,target,expected", SEARCH_R1_CASES)
+def test_search_r1_exact_match_is_verls(response, target, expected):
+    from rlpost.rewards.search_r1 import compute_score
+
+    assert compute_score(response, {"target": target}) == expected
+
+
+def test_search_r1_sources_route_to_the_rule_with_verls_defaults():
+    from rlpost.rewards.registry import SEARCH_R1_SOURCES
+    from rlpost.rewards.search_r1 import compute_score
+
+    verl = ["searchR1_nq", "searchR1_triviaqa", "searchR1_popqa", "searchR1_hotpotqa", "searchR1_2wikimultihopqa",
+            "searchR1_musique", "searchR1_bamboogle"]
+    assert set(verl) < set(SEARCH_R1_SOURCES) and "searchR1_fanoutqa" in SEARCH_R1_SOURCES
+    sources = [*SEARCH_R1_SOURCES, "searchR1_nq"]
+    responses = ["<answer>Paris</answer>"] * len(SEARCH_R1_SOURCES) + ["<answer>Lyon</answer>"]
+    scores, _ = RewardScorer().score(responses, sources, [{"target": ["paris"]}] * len(sources))
+    assert scores == [1.0] * len(SEARCH_R1_SOURCES) + [0.0]
+    assert compute_score("<answer>Lyon</answer>", {"target": "Paris"}, format_score=0.1) == 0.1
+    assert compute_score("Lyon", {"target": "Paris"}, format_score=0.1) == 0.0
+    with pytest.raises(RewardError, match="ground_truth must be a mapping with 'target'"):
+        RewardScorer().score(["<answer>Paris</answer>"], ["searchR1_nq"], ["Paris"])

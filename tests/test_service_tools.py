@@ -114,9 +114,10 @@ def test_an_unreachable_sandbox_is_retried_then_reported_to_the_model(tmp_path):
 
 
 @contextlib.contextmanager
-def retriever(corpus: list[str], fail_first: int = 0):
+def retriever(corpus: list[str], fail_first: int = 0, canned: dict | None = None):
     """Search-R1's /retrieve, field for field: {"queries", "topk", "return_scores"} in; {"result": [[{"document":
-    {"id", "contents"}, "score"}]]} out, a passage's title on its first line. Ranks by shared words."""
+    {"id", "contents"}, "score"}]]} out, a passage's title on its first line. Ranks by shared words, or answers
+    `canned` whatever the queries."""
     seen: list[dict] = []
 
     async def retrieve(request: web.Request) -> web.Response:
@@ -124,6 +125,8 @@ def retriever(corpus: list[str], fail_first: int = 0):
         seen.append(body)
         if len(seen) <= fail_first:
             return web.Response(status=503, text="busy")
+        if canned is not None:
+            return web.json_response(canned)
         results = []
         for query in body["queries"]:
             words = set(query.lower().split())
@@ -159,13 +162,80 @@ def test_search_tool_from_verls_yaml_speaks_search_r1s_protocol(tmp_path):
 
     with retriever(CORPUS, fail_first=1) as (url, seen):
         tool = load(tmp_path, SEARCH_TOOLS, url=url, extra="topk: 2\n      retry_delay_s: 0.01")["search"]
-        [answer, bad] = execute(tool, {"query_list": ["capital of France", "river in Africa"]}, {"query_list": 3})
+        [answer] = execute(tool, {"query_list": ["capital of France", "river in Africa"]})
     assert seen[-1] == {"queries": ["capital of France", "river in Africa"], "topk": 2, "return_scores": True}
     assert len(seen) == 2  # the 503 was retried
     first, second = json.loads(answer)["result"].split("\n---\n")
-    assert first.startswith("Doc 1 (Title: Paris)\nParis is the capital of France.\nDoc 2")
-    assert second.startswith("Doc 1 (Title: Nile)\nThe Nile is a river in Africa.")
-    assert bad.startswith("Error: 'query_list'")
+    assert first.startswith('Doc 1 (Title: "Paris")\nParis is the capital of France.\n\nDoc 2 (Title: ')
+    assert second.startswith('Doc 1 (Title: "Nile")\nThe Nile is a river in Africa.\n\nDoc 2 (Title: ')
+
+
+# A retrieval answer for three queries: two passages (the second's text spans two lines, its title is not ASCII),
+# one passage, and none.
+RETRIEVED = {"result": [
+    [{"document": {"id": "12", "contents": '"Lyon"\nLyon is a city in France.'}, "score": 0.91},
+     {"document": {"id": "40", "contents": '"Rhône"\nThe Rhône is a river.\nIt flows through Lyon.'}, "score": 0.7}],
+    [{"document": {"id": "3", "contents": '"Nile"\nThe Nile is a river in Africa.'}, "score": 0.88}],
+    [],
+]}
+# What verl's SearchTool returns for it, written out by hand: a JSON object with one key "result" (non-ASCII
+# characters not escaped); per query, "Doc i (Title: <first line, quotes kept>)\n<the other lines>" blocks with a
+# blank line between them; queries joined by "\n---\n", so the third, with no passage, leaves an empty tail.
+EXPECTED = ('{"result": "Doc 1 (Title: \\"Lyon\\")\\nLyon is a city in France.\\n\\n'
+            'Doc 2 (Title: \\"Rhône\\")\\nThe Rhône is a river.\\nIt flows through Lyon.'
+            '\\n---\\nDoc 1 (Title: \\"Nile\\")\\nThe Nile is a river in Africa.\\n---\\n"}')
+
+
+def test_search_tool_text_is_verls_for_the_same_retrieval_answer(tmp_path):
+    with retriever([], canned=RETRIEVED) as (url, _):
+        tool = load(tmp_path, SEARCH_TOOLS, url=url, extra="")["search"]
+        results = execute(tool, {"query_list": ["lyon", "nile", "nothing"]}, {"query_list": "lyon"},
+                          {"query_list": []}, {"query_list": [3]})
+    assert results[0] == EXPECTED
+    missing = '{"result": "Error: \'query_list\' is missing, empty, or not a list in parameters."}'
+    assert results[1] == results[2] == missing
+    assert results[3] == '{"result": "Error: \'query_list\' must hold query strings only."}'
+    with retriever([], canned={"result": []}) as (url, _):
+        [none] = execute(load(tmp_path, SEARCH_TOOLS, url=url, extra="")["search"], {"query_list": ["x"]})
+    assert none == '{"result": "No search results found."}'
+    with retriever([], canned={"result": [[{"id": "1", "contents": '"A"\nno document key'}]]}) as (url, _):
+        [odd] = execute(load(tmp_path, SEARCH_TOOLS, url=url, extra="")["search"], {"query_list": ["x"]})
+    assert odd == '{"result": "Error processing search results: \'document\'"}'
+
+
+def test_search_tool_defaults_and_metrics_are_verls(tmp_path):
+    from rlpost.tools.search import SearchTool
+
+    tool = SearchTool({"retrieval_service_url": "http://127.0.0.1:1/retrieve"}, None)
+    assert {k: tool.settings[k] for k in ("topk", "timeout", "num_workers", "rate_limit",
+                                          "enable_global_rate_limit")} == {
+        "topk": 3, "timeout": 30, "num_workers": 120, "rate_limit": 120, "enable_global_rate_limit": True}
+    assert tool.tool_schema.openai()["function"]["name"] == "search"
+    assert tool.tool_schema.parameters["properties"]["query_list"] == {
+        "type": "array", "items": {"type": "string"}, "description": "Fully formed queries; each gets its own results"}
+    assert tool.tool_schema.parameters["required"] == ["query_list"]
+    with retriever([], canned=RETRIEVED) as (url, _):
+        tool = load(tmp_path, SEARCH_TOOLS, url=url, extra="")["search"]
+
+        async def go():
+            instance, _ = await tool.create(ground_truth={"target": ["Lyon"]}, question="q", data_source="s")
+            return await tool.execute(instance, {"query_list": ["a", "b", "c"]})
+
+        _, reward, metrics = asyncio.run(go())
+    assert reward == 0.0
+    assert metrics == {"query_count": 3, "status": "success", "total_results": 3, "api_request_error": None}
+    with pytest.raises(ValueError, match=r"unknown config keys \['top_k'\]"):
+        load(tmp_path, SEARCH_TOOLS, url="http://127.0.0.1:1/retrieve", extra="top_k: 2")
+    with pytest.raises(ValueError, match="retrieval_service_url must be an http"):
+        SearchTool({}, None)
+
+
+def test_an_unreachable_retriever_is_reported_as_verls_search_error(tmp_path):
+    text = SEARCH_TOOLS.format(url=f"http://127.0.0.1:{free_port()}/retrieve",
+                               extra="max_retries: 1\n      retry_delay_s: 0.01")
+    (tmp_path / "tools.yaml").write_text(text)
+    [answer] = execute(load_tools(tmp_path / "tools.yaml")["search"], {"query_list": ["x"]})
+    assert answer.startswith('{"result": "Search error: API Call Failed: ') and "2 attempt(s)" in answer
 
 
 def test_token_bucket_admits_bursts_then_the_rate():

@@ -1,5 +1,10 @@
-"""Retrieval through a Search-R1 retrieval service (POST /retrieve). Config keys are verl's SearchTool's, so its tool
-YAML works unchanged."""
+"""Retrieval through a Search-R1 retrieval service (POST /retrieve). Config keys, defaults and the text the model
+reads are verl's SearchTool's, so its tool YAML works unchanged and a policy sees the same observations.
+
+What the model reads is a JSON string `{"result": ...}` (non-ASCII kept as is). Per query, each passage is a block
+`Doc i (Title: <first line of contents>)\n<rest of contents>`, blocks separated by a blank line; queries separated by
+`\n---\n`. Search-R1's corpus keeps the title, in double quotes, on a passage's first line, and the quotes stay.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,11 @@ from typing import Any
 from rlpost.tools.base import ToolResponse
 from rlpost.tools.http import ServiceError, ServiceTool, is_int, is_number
 from rlpost.tools.schema import ToolSchema
+
+BAD_QUERY_LIST = "Error: 'query_list' is missing, empty, or not a list in parameters."  # verl's words
+NOT_STRINGS = "Error: 'query_list' must hold query strings only."  # rlpost's: verl would send these on
+NO_RESULTS = "No search results found."
+NO_ANSWER = "Unknown API state (no response and no error message)."
 
 
 class SearchTool(ServiceTool):
@@ -26,29 +36,40 @@ class SearchTool(ServiceTool):
 
     async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs):
         queries = parameters.get("query_list")
-        if isinstance(queries, str):
-            queries = [queries]
-        if not isinstance(queries, list) or not queries or not all(isinstance(q, str) and q for q in queries):
-            return ToolResponse(text="Error: 'query_list' must be a non-empty list of query strings."), 0.0, {}
+        if not queries or not isinstance(queries, list):
+            return ToolResponse(text=json.dumps({"result": BAD_QUERY_LIST})), 0.0, {}
+        if not all(isinstance(q, str) for q in queries):
+            return ToolResponse(text=json.dumps({"result": NOT_STRINGS})), 0.0, {}
+        metrics = {"query_count": len(queries), "status": "unknown", "total_results": 0, "api_request_error": None}
         body = {"queries": queries, "topk": self.settings["topk"], "return_scores": True}
         try:
             answer = await self.post(body, self.settings["timeout"])
-            results = answer["result"]
-            if not isinstance(results, list) or len(results) != len(queries):
-                raise ServiceError(f"expected {len(queries)} result lists under 'result', got {str(results)[:200]}")
-            text = "\n---\n".join(_passages(docs) for docs in results)
-        except (ServiceError, KeyError, TypeError, AttributeError) as e:
-            return ToolResponse(text=f"Error: search failed ({e})."), 0.0, {"status": "api_error"}
-        return ToolResponse(text=json.dumps({"result": text})), 0.0, {"status": "success", "queries": len(queries)}
+        except ServiceError as e:
+            return _result(f"Search error: API Call Failed: {e}"), 0.0, {
+                **metrics, "status": "api_error", "api_request_error": str(e)}
+        if not answer:
+            return _result(NO_ANSWER), 0.0, {**metrics, "status": "unknown_api_state"}
+        results = answer.get("result") or []
+        if not results:
+            return _result(NO_RESULTS), 0.0, {**metrics, "status": "no_results"}
+        try:
+            if not isinstance(results, list):
+                raise TypeError(f"'result' must be a list of result lists, got {type(results).__name__}")
+            text = "\n---\n".join(passages(docs) for docs in results)
+            total = sum(len(docs) if isinstance(docs, list) else 1 for docs in results)
+        except (KeyError, TypeError, AttributeError) as e:
+            return _result(f"Error processing search results: {e}"), 0.0, {**metrics, "status": "processing_error"}
+        return _result(text), 0.0, {**metrics, "status": "success", "total_results": total}
 
 
-def _passages(docs: list) -> str:
-    """Search-R1's corpus keeps the title on a passage's first line."""
-    if not docs:
-        return "No results."
-    out = []
+def passages(docs: list) -> str:
+    """One query's passages, as verl formats `[{"document": {"contents"}, "score"}, ...]`."""
+    blocks = []
     for i, item in enumerate(docs, 1):
-        contents = (item.get("document", item) or {}).get("contents", "")
-        title, _, text = contents.partition("\n")
-        out.append(f"Doc {i} (Title: {title.strip(chr(34))})\n{text}")
-    return "\n".join(out)
+        title, _, text = item["document"]["contents"].partition("\n")
+        blocks.append(f"Doc {i} (Title: {title})\n{text}")
+    return "\n\n".join(blocks).strip()
+
+
+def _result(text: str) -> ToolResponse:
+    return ToolResponse(text=json.dumps({"result": text}, ensure_ascii=False))
