@@ -87,3 +87,33 @@ def test_multi_turn_rollout_with_tools_trains(tiny, tmp_path):
     assert [s["step"] for s in samples] == [1] * 4 + [2] * 4
     assert all(s["response_text"].count("<tool_call>") == 2 and s["tool_calls"] == 1 for s in samples)
     assert all("Current parsed answer='7'" in s["response_text"] for s in samples)
+
+
+def test_search_r1_rollout_trains_with_the_real_retrieval_server(tiny, tmp_path):
+    """A scripted policy calls search at every turn; `rlpost serve retrieval` (BM25 over a small corpus, on loopback)
+    answers, and the logged samples hold verl's passage text from the real index."""
+    from rlpost.services.retrieval.launcher import RetrievalServerProcess
+    from rlpost.testing.tiny_models import make_scripted_checkpoint
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": str(i), "contents": f'"{title}"\n{text}'}) + "\n" for i, (title, text)
+                              in enumerate([("Paris", "Paris is the capital and largest city of France."),
+                                            ("Nile", "The Nile is a major river in northeastern Africa."),
+                                            ("Kilimanjaro", "Mount Kilimanjaro is a dormant volcano in Tanzania.")])))
+    call = '{"name": "search", "arguments": {"query_list": ["capital of France"]}}'
+    model = make_scripted_checkpoint(tmp_path / "searcher", ["<tool_call>", call, "</tool_call>"])
+    tools = tmp_path / "tools.yaml"
+    with RetrievalServerProcess(corpus, topk=1, log_path=tmp_path / "retrieval.log") as server:
+        tools.write_text("tools:\n  - class_name: verl.tools.search_tool.SearchTool\n    config:\n"
+                         f"      retrieval_service_url: {server.retrieve_url}\n      type: native\n      topk: 1\n")
+        metrics = train(tiny, "search_r1", [f"actor.model_path={model}", "rollout.multi_turn.enable=true",
+                                            f"rollout.multi_turn.tool_config_path={tools}",
+                                            "rollout.multi_turn.max_assistant_turns=2",
+                                            "data.max_response_length=96", "data.max_prompt_length=448",
+                                            "trainer.log_samples=4"], steps=1)
+    assert metrics[1]["multi_turn/tool_calls_mean"] == 1.0
+    run = Path(tiny["model"]).parent / "runs" / "rlpost" / "search_r1"
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and all(s["tool_calls"] == 1 for s in samples)
+    passage = json.dumps({"result": 'Doc 1 (Title: "Paris")\nParis is the capital and largest city of France.'})
+    assert all(passage in s["response_text"] for s in samples), samples[0]["response_text"][-600:]
