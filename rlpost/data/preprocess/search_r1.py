@@ -37,12 +37,10 @@ DESCRIPTION_QUESTION = "Which encyclopedia article has the short description \"{
 ABILITY = "fact-reasoning"
 TOOL_NAME = "search"
 SYSTEM_PROMPT = "You are a careful assistant who answers questions with facts you have checked."
+# no example answer: a 0.5B model copied the one an earlier version gave into most of its answers
 INSTRUCTION = (
-    "Answer the question at the end. Reason step by step inside <think> and </think>, and again each time new "
-    "information arrives. When a fact is missing, call the search tool: write a <tool_call> with a list of "
-    "queries; the passages it finds come back between <tool_response> and </tool_response>. Search as often as "
-    "you need. Once you can answer, write only the short answer between <answer> and </answer>, with no "
-    "explanation, e.g. <answer> Mount Kilimanjaro </answer>.\nQuestion: "
+    "Look the answer up with the search tool before answering: call it with a query built from the question. "
+    "Then, using the passages it returns, give only the short answer between <answer> and </answer>.\nQuestion: "
 )
 SUMMARIES = "data/summaries_en-us.json"
 TITLES = "data/titles_en-us.json"
