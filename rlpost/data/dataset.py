@@ -66,6 +66,11 @@ class RLDataset:
         self.n_filtered = 0
         for path in files:
             rows = [validate_row(r, str(path), i, prompt_key, image_key) for i, r in enumerate(read_rows(path))]
+            for i, r in enumerate(rows):
+                if r["images"]:  # no model here can see them yet: training on the text alone would be silent
+                    raise RowError(str(path), i, image_key, f"holds {len(r['images'])} image(s), but rlpost's models "
+                                   f"are text-only for now (vision-language training is not built yet), so the "
+                                   f"images would be dropped without a word; use text-only rows")
             texts = [
                 tokenizer.apply_chat_template(r["prompt"], tools=tools, add_generation_prompt=True, tokenize=False)
                 for r in rows

@@ -52,7 +52,9 @@ def write_rows(rows: list[dict], path: str | Path) -> Path:
     fmt = _format(path)
     with atomic_file(path) as tmp:
         if fmt == ".parquet":
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
+            # every key of every row: Table.from_pylist takes the columns from the first row and drops the rest
+            names = list(dict.fromkeys(k for r in rows for k in r))
+            pq.write_table(pa.Table.from_pydict({k: [r.get(k) for r in rows] for k in names}), tmp)
         else:
             with open(tmp, "w") as f:
                 if fmt == ".json":
