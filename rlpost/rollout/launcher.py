@@ -5,16 +5,11 @@ and detokenizer processes that must die with it) and are ready when /health answ
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rlpost.service_process import ServiceProcess
 
 
 @dataclass
@@ -67,68 +62,16 @@ def server_command(spec: ServerSpec) -> list[str]:
     return cmd + list(spec.extra_args)
 
 
-class ServerProcess:
-    """One server process and its log; a context manager that always stops what it started."""
+class ServerProcess(ServiceProcess):
+    """One rollout server process and its log; a context manager that always stops what it started."""
 
     def __init__(self, spec: ServerSpec, log_path: str | Path | None = None, env: dict | None = None):
-        self.spec, self.env = spec, env
-        if log_path is None:
-            handle, log_path = tempfile.mkstemp(prefix="rlpost-server-", suffix=".log")
-            os.close(handle)
-        self.log_path = Path(log_path)
-        self.process: subprocess.Popen | None = None
+        super().__init__(log_path, env, log_prefix="rlpost-server-")
+        self.spec = spec
 
-    def __enter__(self) -> ServerProcess:
-        self.start()
-        return self
+    @property
+    def url(self) -> str:
+        return self.spec.url
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(server_command(self.spec), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True,
-                                            env={**os.environ, **(self.env or {})})
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def wait_healthy(self, timeout_s: float = 600.0, interval_s: float = 0.5) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.process is None or self.process.poll() is not None:
-                code = None if self.process is None else self.process.returncode
-                self.stop()
-                raise RuntimeError(f"server {self.spec.url} exited with code {code} before becoming healthy; "
-                                   f"log {self.log_path}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.spec.url + "/health", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"server {self.spec.url} not healthy after {timeout_s:.0f}s; log {self.log_path}:\n"
-                                   f"{self.log_tail()}")
-            time.sleep(interval_s)
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM to the whole process group, SIGKILL after timeout_s; children are killed even when the leader
-        already died (a crashed SGLang leaves its scheduler holding GPU memory)."""
-        if self.process is None:
-            return
-        pgid = self.process.pid  # start_new_session: the group id is the leader's pid
-        if self.process.poll() is None:
-            os.killpg(pgid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
+    def command(self) -> list[str]:
+        return server_command(self.spec)
