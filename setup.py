@@ -24,6 +24,9 @@ setup(
         "ray>=2.40",
         "tqdm>=4.60",
         "matplotlib>=3.7",  # run curves (rlpost plot)
+        "pillow>=10",  # images of vision-language rows; the offline geometry figures
+        # the geo3k reward (verl's hiyouga/geometry3k rule); mathruler declares no dependencies but imports both
+        "mathruler>=0.1,<0.2", "pylatexenc>=2.10", "sympy>=1.12",
     ],
     extras_require={
         # Offline assets for the default run: GSM-Symbolic generation and GGUF -> HF conversion.

@@ -41,6 +41,13 @@ def _preprocess_search_r1(args: argparse.Namespace) -> None:
     print(f"test: {n.test} questions over {n.test_pages} other pages -> {paths['test']}")
 
 
+def _preprocess_geometry3k(args: argparse.Namespace) -> None:
+    from rlpost.data.preprocess import geometry3k
+
+    train, test = geometry3k.build_default(args.out_dir, args.train_size, args.test_size, args.seed, args.multiturn)
+    print(f"wrote {args.train_size} drawn geometry problems to {train} and {args.test_size} held-out ones to {test}")
+
+
 def _config(args: argparse.Namespace) -> None:
     from rlpost.config import config_to_dict, load_config, run_dir, save_config
 
@@ -175,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out-dir", default="data/search_r1", help="where corpus.jsonl, train.parquet and test.parquet go")
     r.add_argument("--test-fraction", type=float, default=0.2, help="share of the questions held out")
     r.set_defaults(func=_preprocess_search_r1)
+    geo = pre_sub.add_parser("geometry3k", help="geometry problems drawn offline (figure + 'Find x.'), in verl's "
+                                                "geo3k row format with the image embedded; train and held-out sets")
+    geo.add_argument("--out-dir", default="data/geometry3k", help="where train.parquet and test.parquet go")
+    geo.add_argument("--train-size", type=int, default=2000)
+    geo.add_argument("--test-size", type=int, default=256)
+    geo.add_argument("--seed", type=int, default=0)
+    geo.add_argument("--multiturn", action="store_true", help="add the system prompt and tools_kwargs of the "
+                                                              "calc_geo3k_reward tool recipe")
+    geo.set_defaults(func=_preprocess_geometry3k)
 
     c = sub.add_parser("config", help="resolve and validate a recipe; print it or write it to the run directory")
     c.add_argument("recipe", nargs="?", help="recipe YAML (omit for the defaults alone)")

@@ -14,7 +14,8 @@ from rlpost.rollout.agent_loop import AgentSettings, Trajectory, truncate_tool_t
 from rlpost.rollout.client import SGLangClient
 from rlpost.testing.tiny_models import make_scripted_checkpoint
 from rlpost.tools import BaseTool, ToolResponse, ToolSchema, load_interactions, load_tools
-from rlpost.tools.gsm8k import REPEAT_PENALTY, Gsm8kInteraction
+from rlpost.tools.answer_check import REPEAT_PENALTY
+from rlpost.tools.gsm8k import Gsm8kInteraction
 
 GSM8K_TOOLS = """
 tools:

@@ -107,15 +107,6 @@ def test_parquet_keeps_a_column_the_first_row_lacks(tmp_path):
     assert read_rows(write_rows(rows, tmp_path / "r.parquet")) == [{"a": 1, "b": None}, rows[1]]
 
 
-def test_a_row_with_images_fails_at_start_up_naming_the_row(tmp_path, tokenizer):
-    """verl's geo3k rows carry images; until a model can see, loading them must fail, not drop them silently."""
-    rows = [row(), row(images=[{"bytes": b"\x89PNG fake", "path": None}])]
-    path = write_rows(rows, tmp_path / "geo3k.parquet")
-    with pytest.raises(RowError, match=r"geo3k.parquet row 1: field 'images' holds 1 image\(s\), but rlpost's models "
-                                       r"are text-only"):
-        RLDataset([path], tokenizer, max_prompt_length=100)
-
-
 def test_parquet_null_artefacts_in_kwargs_are_removed(tmp_path):
     rows = [row(extra_info={"tools_kwargs": {"a": {"create_kwargs": {"x": 1}}}}),
             row(extra_info={"tools_kwargs": {"b": {"execute_kwargs": {"y": 2}}}})]

@@ -6,7 +6,8 @@ import asyncio
 import pytest
 
 from rlpost.tools import load_interactions, load_tools
-from rlpost.tools.gsm8k import REPEAT_PENALTY, Gsm8kInteraction, Gsm8kTool
+from rlpost.tools.answer_check import REPEAT_PENALTY
+from rlpost.tools.gsm8k import Gsm8kInteraction, Gsm8kTool
 
 VERL_GSM8K_TOOL = """
 tools:

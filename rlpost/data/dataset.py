@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlpost.data.images import check_placeholders, load_image
 from rlpost.data.io import read_rows
 from rlpost.data.schema import RowError, validate_row
 
@@ -66,6 +67,10 @@ class RLDataset:
         self.n_filtered = 0
         for path in files:
             rows = [validate_row(r, str(path), i, prompt_key, image_key) for i, r in enumerate(read_rows(path))]
+            for i, r in enumerate(rows):
+                check_placeholders(r["prompt"], len(r["images"]), str(path), i, prompt_key, image_key)
+                for k, entry in enumerate(r["images"]):
+                    load_image(entry, str(path), i, f"{image_key}[{k}]", Path(path).parent)
             for i, r in enumerate(rows):
                 if r["images"]:  # no model here can see them yet: training on the text alone would be silent
                     raise RowError(str(path), i, image_key, f"holds {len(r['images'])} image(s), but rlpost's models "

@@ -5,19 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from rlpost.rewards.gsm8k import compute_score
-from rlpost.tools.base import BaseInteraction, BaseTool, ToolResponse
+from rlpost.tools.answer_check import AnswerCheckTool
+from rlpost.tools.base import BaseInteraction
 from rlpost.tools.schema import ToolSchema
 
-REPEAT_PENALTY = -0.05
 
-
-class Gsm8kTool(BaseTool):
-    """The model submits an answer and reads back whether it is right. A submission that does not improve on the
-    trajectory's best so far costs REPEAT_PENALTY, so guessing repeatedly does not pay."""
-
-    def __init__(self, config: dict, tool_schema: ToolSchema | None):
-        super().__init__(config, tool_schema)
-        self._state: dict[str, dict] = {}
+class Gsm8kTool(AnswerCheckTool):
+    """Answers are read as GSM8K's '#### n' (flexible: the last number counts)."""
 
     def get_openai_tool_schema(self) -> ToolSchema:
         return ToolSchema("calc_gsm8k_reward",
@@ -25,28 +19,11 @@ class Gsm8kTool(BaseTool):
                           {"type": "object", "properties": {"answer": {"type": "string", "description":
                            "The final answer, a number"}}, "required": ["answer"]})
 
-    async def create(self, instance_id: str | None = None, ground_truth: str | None = None, **kwargs):
-        instance_id, response = await super().create(instance_id)
-        if ground_truth is None:
-            raise ValueError(f"{self.name}: create needs ground_truth (tools_kwargs.{self.name}.create_kwargs)")
-        self._state[instance_id] = {"answer": "", "ground_truth": str(ground_truth), "reward": 0.0}
-        return instance_id, response
+    def submitted(self, answer: str) -> str:
+        return answer if answer.startswith("####") else f"#### {answer}"
 
-    async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs):
-        state = self._state[instance_id]
-        answer = str(parameters.get("answer", ""))
-        state["answer"] = answer if answer.startswith("####") else f"#### {answer}"
-        reward = await self.calc_reward(instance_id)
-        step_reward = 0.0 if reward > state["reward"] else REPEAT_PENALTY
-        state["reward"] = max(state["reward"], reward)
-        return ToolResponse(text=f"Current parsed answer={answer!r} reward={reward}"), step_reward, {}
-
-    async def calc_reward(self, instance_id: str, **kwargs) -> float:
-        state = self._state[instance_id]
-        return compute_score(state["answer"], state["ground_truth"], method="flexible")
-
-    async def release(self, instance_id: str, **kwargs) -> None:
-        self._state.pop(instance_id, None)
+    def score(self, answer: str, ground_truth: str) -> float:
+        return compute_score(answer, ground_truth, method="flexible")
 
 
 class Gsm8kInteraction(BaseInteraction):

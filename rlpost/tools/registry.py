@@ -22,6 +22,7 @@ VERL_CLASSES = {
     "verl.interactions.gsm8k_interaction.Gsm8kInteraction": "rlpost.tools.gsm8k.Gsm8kInteraction",
     "verl.tools.sandbox_fusion_tools.SandboxFusionTool": "rlpost.tools.sandbox_fusion.SandboxFusionTool",
     "verl.tools.search_tool.SearchTool": "rlpost.tools.search.SearchTool",
+    "verl.tools.geo3k_tool.Geo3kTool": "rlpost.tools.geo3k.Geo3kTool",
 }
 TOOL_METHODS = ("create", "execute", "calc_reward", "release")
 INTERACTION_METHODS = ("start_interaction", "generate_response", "calculate_score", "finalize_interaction")
