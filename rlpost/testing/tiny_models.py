@@ -127,3 +127,64 @@ def make_scripted_checkpoint(out_dir: str | Path, segments: list[str], seed: int
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+# Qwen2.5-VL's vision tokens, special as in its tokenizer
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+# the ChatML template above, with Qwen2.5-VL's rendering of image content parts
+_CONTENT = ("{% if m.content is string %}{{ m.content }}{% else %}{% for part in m.content %}"
+            "{% if part.type == 'image' or 'image' in part or 'image_url' in part %}"
+            "<|vision_start|><|image_pad|><|vision_end|>{% elif 'text' in part %}{{ part.text }}{% endif %}"
+            "{% endfor %}{% endif %}")
+CHATML_VL_TEMPLATE = CHATML_TEMPLATE.replace("{{ m.content }}", _CONTENT)
+# pixels per image after resizing: 4 to 256 merged patches of 28 x 28, so test images stay a few dozen tokens
+TINY_MIN_PIXELS, TINY_MAX_PIXELS = 4 * 28 * 28, 256 * 28 * 28
+
+
+@functools.lru_cache(maxsize=2)
+def tiny_vl_tokenizer(vocab_size: int = 512):
+    tokenizer = copy.deepcopy(tiny_tokenizer(vocab_size))
+    tokenizer.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
+    tokenizer.chat_template = CHATML_VL_TEMPLATE
+    return tokenizer
+
+
+def tiny_vl_config(vocab_size: int, tokenizer=None, **text_overrides):
+    """A Qwen2.5-VL config with a 2-layer, 64-wide language model (head_dim 16: mRoPE sections 2+3+3) and a
+    2-block, 32-wide vision tower whose merger outputs the language model's width."""
+    from transformers import Qwen2_5_VLConfig
+
+    text = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6,
+                rope_theta=10000.0, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+                tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    text.update(text_overrides)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=text["hidden_size"],
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                  fullatt_block_indexes=[1], in_channels=3)
+    ids = {}
+    if tokenizer is not None:
+        ids = {f"{name}_token_id": tokenizer.convert_tokens_to_ids(f"<|{token}|>") for name, token in
+               (("image", "image_pad"), ("video", "video_pad"), ("vision_start", "vision_start"),
+                ("vision_end", "vision_end"))}
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=text["tie_word_embeddings"],
+                            **ids)
+
+
+def make_tiny_vl_checkpoint(out_dir: str | Path, seed: int = 0, vocab_size: int = 512, **text_overrides) -> Path:
+    """A tiny random Qwen2.5-VL with tokenizer, chat template and image processor config, as the Hub ships one."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = tiny_vl_tokenizer(vocab_size)
+    config = tiny_vl_config(len(tokenizer), tokenizer, **text_overrides)
+    config.text_config.eos_token_id = config.eos_token_id = tokenizer.eos_token_id
+    config.text_config.pad_token_id = config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+    out = Path(out_dir)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    Qwen2VLImageProcessorPil(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS).save_pretrained(out)
+    return out
