@@ -18,8 +18,21 @@ from rlpost.megatron.model import StageModel
 MicroBatch = dict[str, torch.Tensor]
 
 
+VISION_INPUTS = ("pixel_values", "image_grid_thw")
+
+
 def position_ids(input_ids: torch.Tensor) -> torch.Tensor:
     return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+
+
+def model_inputs(stage: StageModel, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Positions as the model wants them, and the images' inputs (Qwen2.5-VL: mRoPE positions [3, b, s], carried
+    as mb['position_ids'] [b, 3, s]; a micro-batch without images has text positions in all three sections)."""
+    ids = mb["input_ids"]
+    if stage.dims.vision is None:
+        return position_ids(ids), {}
+    positions = mb["position_ids"].transpose(0, 1) if "position_ids" in mb else position_ids(ids).expand(3, -1, -1)
+    return positions, {k: mb[k] for k in VISION_INPUTS if k in mb}
 
 
 @dataclass
@@ -64,7 +77,8 @@ def run_schedule(
     def forward_step(data_iterator, model):
         mb = next(data_iterator)
         with _hidden_states_only(stage.core) if hidden and stage.core.post_process else nullcontext():
-            out = model(mb["input_ids"], position_ids(mb["input_ids"]), attention_mask=None)
+            positions, vision = model_inputs(stage, mb)
+            out = model(mb["input_ids"], positions, attention_mask=None, **vision)
         return out, partial(_on_output, mb)
 
     def _on_output(mb, output, non_loss_data=False):

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rlpost.models.vision import PREFIX as VISION_PREFIX
+from rlpost.models.vision import VISION_MODEL_TYPES, VisionDims, is_vision_language, text_config
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 SPECS = ("local", "te")
 _NORM_NAMES = {
@@ -38,13 +41,16 @@ class ModelDims:
     tied: bool
     qkv_bias: bool
     qk_norm: bool
+    vision: VisionDims | None = None  # Qwen2.5-VL's tower, on the first pipeline stage
 
     @classmethod
     def from_hf_config(cls, config) -> ModelDims:
+        vision = VisionDims.from_hf_config(config) if is_vision_language(config) else None
+        config = text_config(config)
         get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
-        model_type = get("model_type")
+        model_type = "qwen2" if vision else get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
-            supported = ", ".join(SUPPORTED_MODEL_TYPES)
+            supported = ", ".join(SUPPORTED_MODEL_TYPES + VISION_MODEL_TYPES)
             raise ValueError(f"model_type '{model_type}' is not supported; supported: {supported}")
         if get("mlp_bias", False) or (model_type != "qwen2" and get("attention_bias", False)):
             # megatron cannot bias linear_proj or the MLP without biasing both; dropping them would be silent
@@ -56,6 +62,7 @@ class ModelDims:
             kv_heads=get("num_key_value_heads") or heads, head_dim=get("head_dim") or hidden // heads,
             ffn=get("intermediate_size"), vocab=get("vocab_size"), tied=bool(get("tie_word_embeddings", False)),
             qkv_bias=model_type == "qwen2" or bool(get("attention_bias", False)), qk_norm=model_type == "qwen3",
+            vision=vision,
         )
 
 
@@ -72,7 +79,10 @@ _HF_SHAPES = {  # name suffix -> shape as a function of the dims
 
 
 def hf_shard_dim(name: str) -> int | None:
-    """The dimension tensor parallelism splits an HF tensor along (None: replicated, e.g. norms)."""
+    """The dimension tensor parallelism splits an HF tensor along (None: replicated, e.g. norms and the vision
+    tower)."""
+    if name.startswith(VISION_PREFIX):
+        return None
     if name.endswith(("o_proj.weight", "down_proj.weight")):
         return 1
     if name.endswith(("_proj.weight", "_proj.bias", "embed_tokens.weight", "lm_head.weight")):
@@ -82,10 +92,12 @@ def hf_shard_dim(name: str) -> int | None:
 
 def hf_shape(name: str, dims: ModelDims) -> tuple[int, ...]:
     """The shape of an HF tensor of this model, from its dims alone (receivers allocate before data arrives)."""
+    if name.startswith(VISION_PREFIX) and dims.vision is not None and name in dims.vision.shapes():
+        return dims.vision.shapes()[name]
     for suffix, shape in _HF_SHAPES.items():
         if name.endswith(suffix):
             return shape(dims)
-    raise ValueError(f"'{name}' is not a tensor of a Llama/Qwen2/Qwen3 model")
+    raise ValueError(f"'{name}' is not a tensor of a Llama/Qwen2/Qwen3/Qwen2.5-VL model")
 
 
 def padded_vocab(vocab: int, tp: int, multiple: int = 128) -> int:
@@ -137,6 +149,11 @@ def _layer_entries(dims: ModelDims, local: int, layer: int, spec: str) -> list[_
     return entries
 
 
+def _vision_entries(dims: ModelDims) -> list[_Entry]:
+    """The tower keeps HF's names and is replicated over TP."""
+    return [_Entry(name, (name,), "copy") for name in dims.vision.shapes()] if dims.vision else []
+
+
 def _check_spec(spec: str) -> None:
     if spec not in SPECS:
         raise ValueError(f"layer spec '{spec}' is not one of {', '.join(SPECS)}")
@@ -149,6 +166,7 @@ def _stage_entries(dims: ModelDims, pp: int, pp_rank: int, spec: str, lm_head: b
     entries = []
     if pp_rank == 0:
         entries.append(_Entry("embedding.word_embeddings.weight", ("model.embed_tokens.weight",), "vocab"))
+        entries += _vision_entries(dims)
     for local, layer in enumerate(layers):
         entries += _layer_entries(dims, local, layer, spec)
     if pp_rank == pp - 1:
@@ -237,7 +255,9 @@ _LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 def _entry_for(name: str, dims: ModelDims, layer_offset: int, spec: str) -> _Entry:
     _check_spec(spec)
     match = _LAYER.fullmatch(name)
-    if match:
+    if name.startswith(VISION_PREFIX):
+        entries = _vision_entries(dims)
+    elif match:
         local = int(match.group(1))
         entries = _layer_entries(dims, local, local + layer_offset, spec)
     else:

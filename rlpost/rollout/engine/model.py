@@ -70,6 +70,9 @@ class DecoderLM:
     def __init__(self, hf_config, dtype: str = "float32"):
         self.config, self.dtype = hf_config, torch_dtype(dtype)
         self.dims = d = ModelDims.from_hf_config(hf_config)
+        if d.vision is not None:
+            raise ValueError(f"the embedded engine serves text-only models; {hf_config.model_type} (vision-language) "
+                             f"serving is not built yet")
         self.eps = float(hf_config.rms_norm_eps)
         self.q_size, self.kv_size = d.heads * d.head_dim, d.kv_heads * d.head_dim
         self.inv_freq = rope_inv_freq(hf_config, d.head_dim)
