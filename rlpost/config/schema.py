@@ -76,6 +76,7 @@ class ActorConfig(TrainedRoleConfig):
     kl_loss_coef: float = rule(min=0.0)
     kl_loss_type: str = rule(choices=KL_ESTIMATORS.names)
     loss_scale_factor: float | None = rule(gt=0.0)
+    freeze_vision_tower: bool  # vision-language models: train the language model only
 
 
 @dataclass

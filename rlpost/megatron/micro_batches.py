@@ -46,8 +46,20 @@ def make_micro_batches(tensors: dict[str, torch.Tensor], lengths: Sequence[int],
     for group in groups:
         keep = max(lengths[i] for i in group)
         idx = torch.tensor(group)
-        out.append({k: v[idx, : keep - (width - v.shape[1])] for k, v in tensors.items()})
+        # the last dimension is the sequence's ([n, s], [n, s-1], mRoPE positions [n, 3, s])
+        out.append({k: v[idx][..., : keep - (width - v.shape[-1])] for k, v in tensors.items()})
     return out, groups
+
+
+def attach_images(micro_batches: list[dict[str, torch.Tensor]], groups: list[list[int]],
+                  multi_modal_inputs: Sequence[dict]) -> None:
+    """Each micro-batch gets its samples' images, concatenated in its sample order (the order the model splices
+    image features into image tokens); a micro-batch with no image gets none."""
+    for mb, group in zip(micro_batches, groups):
+        present = [multi_modal_inputs[i] for i in group if multi_modal_inputs[i]]
+        if present:
+            mb["pixel_values"] = torch.cat([m["pixel_values"] for m in present])
+            mb["image_grid_thw"] = torch.cat([m["image_grid_thw"] for m in present])
 
 
 def restore(per_group: list[torch.Tensor], groups: list[list[int]], width: int, fill: float = 0.0) -> torch.Tensor:

@@ -4,7 +4,6 @@ Importing this module imports megatron-core; rlpost.models.megatron_config impor
 
 from __future__ import annotations
 
-import torch
 from megatron.core.models.gpt import GPTModel
 
 from rlpost.models.vision import build_vision_tower
@@ -38,7 +37,3 @@ class VisionGPTModel(GPTModel):
                              f"{features.shape[0]} features (grids {image_grid_thw.tolist()})")
         by_sample = embeddings.transpose(0, 1).masked_scatter(mask.unsqueeze(-1), features.to(embeddings.dtype))
         return by_sample.transpose(0, 1).contiguous()
-
-
-def vision_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return list(module.visual.parameters()) if hasattr(module, "visual") else []

@@ -57,3 +57,18 @@ def image_tokens(grid_thw: Sequence[int], spatial_merge_size: int) -> int:
     """How many `<|image_pad|>` tokens one image of this patch grid takes in the language model."""
     t, h, w = (int(x) for x in grid_thw)
     return t * (h // spatial_merge_size) * (w // spatial_merge_size)
+
+
+def batch_mrope_positions(input_ids: torch.Tensor, lengths: Sequence[int], image_grids: Sequence,
+                          image_token_id: int, spatial_merge_size: int) -> torch.Tensor:
+    """[n, 3, s] for right-padded rows: each row's first lengths[i] tokens with its own grids (None or empty: no
+    images); padding continues the row's last position, as text would (the causal mask keeps it out of real
+    positions)."""
+    n, width = input_ids.shape
+    out = torch.empty(n, 3, width, dtype=torch.long)
+    for i, (length, grids) in enumerate(zip(lengths, image_grids, strict=True)):
+        grids = torch.zeros(0, 3, dtype=torch.long) if grids is None else grids
+        out[i, :, :length] = mrope_positions(input_ids[i, :length], grids, image_token_id, spatial_merge_size)
+        last = out[i, :, length - 1].max() if length else -1
+        out[i, :, length:] = torch.arange(1, width - length + 1) + last
+    return out

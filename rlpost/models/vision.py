@@ -91,3 +91,9 @@ def build_vision_tower(hf_config, dtype):
     vision_config = hf_config.vision_config
     vision_config._attn_implementation = "sdpa"
     return Qwen2_5_VisionTransformerPretrainedModel._from_config(vision_config, dtype=dtype)
+
+
+def vision_parameters(module) -> list:
+    """The tower's parameters in a built model (none on later pipeline stages or in a text-only model)."""
+    tower = getattr(module, "visual", None)
+    return list(tower.parameters()) if tower is not None else []

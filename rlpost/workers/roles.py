@@ -14,17 +14,33 @@ from rlpost.algorithms import PolicyLossSettings, ValueLossSettings
 from rlpost.batch import Batch
 from rlpost.config.schema import ActorConfig, CriticConfig
 from rlpost.megatron.forward import compute_logprobs, compute_values
-from rlpost.megatron.micro_batches import make_micro_batches, restore
-from rlpost.megatron.model import build_stage
+from rlpost.megatron.micro_batches import attach_images, make_micro_batches, restore
+from rlpost.megatron.model import StageModel, build_stage
 from rlpost.megatron.optim import build_optimizer, wrap_ddp
 from rlpost.megatron.update import actor_loss_fn, critic_loss_fn, loss_denominators, train_step
 from rlpost.metric_dicts import average
+from rlpost.models.mrope import batch_mrope_positions
+from rlpost.models.vision import vision_parameters
 
 
-def micro_batches(batch: Batch, keys: list[str], micro_batch_size: int, max_tokens: int | None):
+def micro_batches(stage: StageModel, batch: Batch, keys: list[str], micro_batch_size: int, max_tokens: int | None):
+    """A vision-language batch also carries per-sample `multi_modal_inputs` ({pixel_values, image_grid_thw}, empty
+    for a text-only sample): its mRoPE positions are computed here, and each micro-batch gets its samples' images.
+    Image tokens are part of every length, so token budgets count them."""
     tensors = {k: batch[k] for k in ["input_ids", *keys]}
-    return make_micro_batches(tensors, batch["lengths"].tolist(), None if max_tokens is not None else micro_batch_size,
-                              max_tokens)
+    lengths = batch["lengths"].tolist()
+    images = batch["multi_modal_inputs"] if "multi_modal_inputs" in batch else None
+    if images is not None:
+        if stage.dims.vision is None:
+            raise ValueError("the batch has images but the model is text-only")
+        grids = [m.get("image_grid_thw") if m else None for m in images]
+        tensors["position_ids"] = batch_mrope_positions(batch["input_ids"], lengths, grids,
+                                                        stage.hf_config.image_token_id, stage.dims.vision.merge)
+    mbs, groups = make_micro_batches(tensors, lengths, None if max_tokens is not None else micro_batch_size,
+                                     max_tokens)
+    if images is not None:
+        attach_images(mbs, groups, images)
+    return mbs, groups
 
 
 def _is_last_stage() -> bool:
@@ -52,7 +68,8 @@ class _Trained:
         metrics = []
         for _ in range(self.cfg.ppo_epochs):
             for mini in batch.split(len(batch) // n_mini_batches):
-                mbs, _ = micro_batches(mini, keys, self.cfg.micro_batch_size, self.cfg.max_tokens_per_micro_batch)
+                mbs, _ = micro_batches(self.stage, mini, keys, self.cfg.micro_batch_size,
+                                       self.cfg.max_tokens_per_micro_batch)
                 loss_fn = make_loss(len(mbs), dp, loss_denominators(mbs, self.loss.loss_scale_factor, group))
                 metrics.append(train_step(self.stage, self.optimizer, self.scheduler, mbs, loss_fn, group))
         return average(metrics)
@@ -66,12 +83,15 @@ class PolicyRole(_Trained):
         self.cfg, self.temperature, self.loss = cfg, temperature, loss
         self.stage = build_stage(model_dir, cfg.dtype)
         self.optimizer = self.scheduler = None
+        if cfg.freeze_vision_tower:  # before DDP and the optimizer, which then leave the tower out
+            for param in vision_parameters(self.stage.core):
+                param.requires_grad_(False)
         if loss is not None:
             self.optimizer, self.scheduler = build_optimizer(wrap_ddp(self.stage), cfg.optim, total_steps, cfg.dtype)
 
     def log_probs(self, batch: Batch, micro_batch_size: int, max_tokens: int | None,
                   with_entropy: bool = False) -> dict[str, torch.Tensor] | None:
-        mbs, groups = micro_batches(batch, ["loss_mask"], micro_batch_size, max_tokens)
+        mbs, groups = micro_batches(self.stage, batch, ["loss_mask"], micro_batch_size, max_tokens)
         out = compute_logprobs(self.stage, mbs, self.temperature, with_entropy)
         if not _is_last_stage():
             return None
@@ -101,7 +121,8 @@ class CriticRole(_Trained):
         self.optimizer, self.scheduler = build_optimizer(wrap_ddp(self.stage), cfg.optim, total_steps, cfg.dtype)
 
     def values(self, batch: Batch) -> dict[str, torch.Tensor] | None:
-        mbs, groups = micro_batches(batch, [], self.cfg.micro_batch_size, self.cfg.max_tokens_per_micro_batch)
+        mbs, groups = micro_batches(self.stage, batch, [], self.cfg.micro_batch_size,
+                                    self.cfg.max_tokens_per_micro_batch)
         out = compute_values(self.stage, mbs)
         if not _is_last_stage():
             return None
