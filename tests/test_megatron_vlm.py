@@ -174,3 +174,27 @@ def test_the_embedded_engine_refuses_a_vision_language_model_it_cannot_serve(tmp
     config = AutoConfig.from_pretrained(make_tiny_vl_checkpoint(tmp_path / "m"))
     with pytest.raises(ValueError, match="qwen2_5_vl \\(vision-language\\) serving is not built yet"):
         DecoderLM(config)
+
+
+@pytest.mark.parametrize("tp,infer_tp", [(1, 1), (2, 1), (2, 2), (1, 2)])
+def test_resharded_vision_weights_are_the_hf_tensors(tmp_path, tp, infer_tp):
+    """The tower is replicated in training, so every inference rank gets each of its tensors whole: bitwise the HF
+    tensor."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from rlpost.models.weights import ModelDims, hf_to_megatron_shard, padded_vocab
+    from rlpost.resharding.assemble import inference_shard
+
+    path = make_tiny_vl_checkpoint(tmp_path / "m", seed=2)
+    state = load_file(path / "model.safetensors")
+    dims = ModelDims.from_hf_config(AutoConfig.from_pretrained(path))
+    shards = [hf_to_megatron_shard(state.__getitem__, dims, tp, 2, r, 0, padded_vocab(dims.vocab, tp))
+              for r in range(tp)]
+    vision = [n for n in shards[0] if n.startswith("visual.")]
+    assert sorted(vision) == sorted(dims.vision.shapes())
+    for name in vision:
+        for j in range(infer_tp):
+            ranks = range(j * tp // infer_tp, (j + 1) * tp // infer_tp) if infer_tp <= tp else [j // (infer_tp // tp)]
+            got = inference_shard(name, {r: shards[r][name] for r in ranks}, dims, tp, infer_tp, j, 0)
+            assert [n for n, _ in got] == [name] and torch.equal(got[0][1], state[name]), (name, j)
