@@ -48,6 +48,14 @@ def _preprocess_geometry3k(args: argparse.Namespace) -> None:
     print(f"wrote {args.train_size} drawn geometry problems to {train} and {args.test_size} held-out ones to {test}")
 
 
+def _generated_splits(parser: argparse.ArgumentParser, out_dir: str) -> None:
+    """The options of a generated train / held-out pair."""
+    parser.add_argument("--out-dir", default=out_dir, help="where train.parquet and test.parquet go")
+    parser.add_argument("--train-size", type=int, default=2000)
+    parser.add_argument("--test-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def _config(args: argparse.Namespace) -> None:
     from rlpost.config import config_to_dict, load_config, run_dir, save_config
 
@@ -172,10 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_preprocess_gsm8k)
     a = pre_sub.add_parser("arithmetic", help="the quickstart's arithmetic chains (reasoning-gym chain_sum), train "
                                               "and held-out test sets that share no question")
-    a.add_argument("--out-dir", default="data/arithmetic", help="where train.parquet and test.parquet go")
-    a.add_argument("--train-size", type=int, default=2000)
-    a.add_argument("--test-size", type=int, default=256)
-    a.add_argument("--seed", type=int, default=0)
+    _generated_splits(a, "data/arithmetic")
     a.set_defaults(func=_preprocess_arithmetic)
     r = pre_sub.add_parser("search-r1", help="Search-R1-style retrieval QA offline: a Wikipedia corpus for the "
                                              "retrieval service, and FanOutQA questions it answers, split by page")
@@ -184,10 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_preprocess_search_r1)
     geo = pre_sub.add_parser("geometry3k", help="geometry problems drawn offline (figure + 'Find x.'), in verl's "
                                                 "geo3k row format with the image embedded; train and held-out sets")
-    geo.add_argument("--out-dir", default="data/geometry3k", help="where train.parquet and test.parquet go")
-    geo.add_argument("--train-size", type=int, default=2000)
-    geo.add_argument("--test-size", type=int, default=256)
-    geo.add_argument("--seed", type=int, default=0)
+    _generated_splits(geo, "data/geometry3k")
     geo.add_argument("--multiturn", action="store_true", help="add the system prompt and tools_kwargs of the "
                                                               "calc_geo3k_reward tool recipe")
     geo.set_defaults(func=_preprocess_geometry3k)
