@@ -166,16 +166,6 @@ def test_vl_dims_from_config_objects_and_hub_style_json_agree(tmp_path):
     assert all(hf_shard_dim(n) is None for n in dims.vision.shapes())  # replicated over TP
 
 
-def test_the_embedded_engine_refuses_a_vision_language_model_it_cannot_serve(tmp_path):
-    from transformers import AutoConfig
-
-    from rlpost.rollout.engine.model import DecoderLM
-
-    config = AutoConfig.from_pretrained(make_tiny_vl_checkpoint(tmp_path / "m"))
-    with pytest.raises(ValueError, match="qwen2_5_vl \\(vision-language\\) serving is not built yet"):
-        DecoderLM(config)
-
-
 @pytest.mark.parametrize("tp,infer_tp", [(1, 1), (2, 1), (2, 2), (1, 2)])
 def test_resharded_vision_weights_are_the_hf_tensors(tmp_path, tp, infer_tp):
     """The tower is replicated in training, so every inference rank gets each of its tensors whole: bitwise the HF

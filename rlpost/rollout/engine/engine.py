@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from rlpost.rollout.engine.images import ImagePreparer
 from rlpost.rollout.engine.kv_cache import KVCache
 from rlpost.rollout.engine.model import DecoderLM, PrefillSegment
 from rlpost.rollout.engine.prefix_cache import PrefixCache
@@ -62,6 +63,8 @@ class Engine:
         self.model_path = str(model_path)
         self.model = DecoderLM.from_pretrained(model_path, dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.image_preparer = None if self.model.visual is None else ImagePreparer(
+            model_path, self.model.image_token_id, self.model.dims.vision.merge)
         eos = set()
         generation_config = Path(model_path) / "generation_config.json"
         sources = [self.model.config.eos_token_id]
@@ -105,12 +108,29 @@ class Engine:
             self._incoming.append(request)
             self._wake.notify()
 
+    def prepare_images(self, input_ids: list[int], image_data: list) -> dict[str, Any]:
+        """The Request fields of a prompt with images (SGLang's image_data items): its ids with each image's run of
+        image tokens, the processed images and the mRoPE positions. CPU work: callers run it off their event loop."""
+        if not image_data:
+            return {"input_ids": list(input_ids)}
+        if self.image_preparer is None:
+            raise RequestError(f"image_data was sent but the model ({self.model.config.model_type}) is text-only")
+        images = self.image_preparer.images(image_data)
+        ids, positions = self.image_preparer.expand(input_ids, images)
+        return {"input_ids": ids, "images": images, "rope_positions": positions,
+                "image_token_id": self.model.image_token_id}
+
     def check(self, request: Request) -> None:
         """Refuse what cannot run; fill max_new_tokens=None with the rest of the context, as SGLang does."""
         if not request.input_ids:
             raise RequestError("the prompt is empty (no input tokens)")
         vocab = self.model.dims.vocab
         _check_token_ids(request.input_ids, vocab, "input token id")
+        if self.model.visual is not None:
+            pads = sum(t == self.model.image_token_id for t in request.input_ids)
+            if pads != sum(image.tokens for image in request.images):
+                raise RequestError(f"the prompt has {pads} image token(s) but {len(request.images)} image(s) "
+                                   f"({sum(image.tokens for image in request.images)} image tokens) were given")
         if len(request.input_ids) >= self.context_length:
             raise RequestError(f"the prompt has {len(request.input_ids)} tokens; the context length is "
                                f"{self.context_length}")
@@ -332,24 +352,32 @@ class Engine:
         wants: list[tuple[Request, int, list[int], int]] = []
         packed = 0
         rows = []
+        vision = self.model.visual is not None
+        rope, image_jobs = [], []  # image_jobs: (image, its first feature row needed, packed index, how many)
         for req in batch:
             row = len(self.running)
             rows.append(row)
             self.running.append(req)
-            ids = req.input_ids + req.output_ids
+            ids, keys = req.input_ids + req.output_ids, req.cache_keys()
             input_lp = req.return_logprob and req.logprob_start_len >= 0 and not req.output_ids
-            key = tuple(ids)
+            key = tuple(keys)
             if key in first_with and not input_lp:
                 copies.append((first_with[key], row, len(ids)))
                 req.cached_tokens = len(ids)
                 continue
             limit = len(ids) - 1 if not input_lp else req.logprob_start_len
-            cached, saved = self.prefix_cache.match(ids, limit)
+            cached, saved = self.prefix_cache.match(keys, limit)
             if cached:
                 self.cache.insert(row, saved, cached)
             req.cached_tokens = cached
             segments.append(PrefillSegment(row, cached, len(ids) - cached))
             tokens.extend(ids[cached:])
+            if vision:
+                rope.append(req.rope_range(cached, len(ids)))
+                for (start, length), image in zip(req.image_spans(), req.images):
+                    first = max(start, cached)  # a cached prefix may end inside an image
+                    if first < start + length:
+                        image_jobs.append((image, first - start, packed + first - cached, start + length - first))
             if input_lp:
                 wants.append((req, packed, list(range(req.logprob_start_len + 1, len(ids))), cached))
             first_with.setdefault(key, row)
@@ -358,7 +386,9 @@ class Engine:
         hidden_at = sorted(set(last_index.values()) | {
             start + p - 1 - cached for req, start, positions, cached in wants for p in positions})
         where = {p: i for i, p in enumerate(hidden_at)}
-        hidden = self.model.prefill(torch.tensor(tokens), segments, self.cache, torch.tensor(hidden_at))
+        hidden = self.model.prefill(torch.tensor(tokens), segments, self.cache, torch.tensor(hidden_at),
+                                    torch.cat(rope, dim=1) if vision else None,
+                                    self._image_embeds(image_jobs) if image_jobs else None)
         for src, dst, length in copies:
             self.cache.move(src, dst, length)
             last_index[dst] = last_index[src]
@@ -373,6 +403,15 @@ class Engine:
                 req.finish_reason = {"type": "length", "length": 0}
         if todo:
             self._sample_and_append([req for _, req in todo], logits[[where[last_index[row]] for row, _ in todo]])
+
+    def _image_embeds(self, jobs: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vision tower over every image a prefill needs, once: (packed indices, their features)."""
+        images = [image for image, *_ in jobs]
+        features = self.model.encode_images(torch.cat([im.pixel_values for im in images]),
+                                            torch.tensor([im.grid_thw for im in images]))
+        per_image = features.split([im.tokens for im in images])
+        index = torch.cat([torch.arange(at, at + n) for _, _, at, n in jobs])
+        return index, torch.cat([f[skip:skip + n] for f, (_, skip, _, n) in zip(per_image, jobs)])
 
     def _input_logprobs(self, req: Request, logits: torch.Tensor, positions: list[int]) -> None:
         """Prompt log-probs from logprob_start_len on, of the raw distribution (no temperature), as SGLang reports
@@ -389,7 +428,8 @@ class Engine:
         self.cache.ensure(max(r.length for r in self.running))
         tokens = torch.tensor([r.output_ids[-1] for r in self.running])
         positions = torch.tensor([r.length - 1 for r in self.running])
-        hidden = self.model.decode(tokens, positions, self.cache)
+        offsets = torch.tensor([r.rope_delta for r in self.running]) if self.model.visual is not None else None
+        hidden = self.model.decode(tokens, positions, self.cache, offsets)
         self._sample_and_append(list(self.running), self.model.logits(hidden))
 
     def _sample_and_append(self, requests: list[Request], logits: torch.Tensor) -> None:
@@ -457,9 +497,9 @@ class Engine:
 
     def _save_prefix(self, req: Request, row: int) -> None:
         if self.prefix_cache.max_tokens and self.cache.capacity:
-            tokens = req.tokens_with_kv()
-            if self.prefix_cache.min_tokens <= len(tokens) <= self.prefix_cache.max_tokens:
-                self.prefix_cache.put(tokens, self.cache.extract(row, len(tokens)))
+            keys = req.cache_keys()[:req.kv_length]
+            if self.prefix_cache.min_tokens <= len(keys) <= self.prefix_cache.max_tokens:
+                self.prefix_cache.put(keys, self.cache.extract(row, len(keys)))
 
     def _notify(self, req: Request) -> None:
         if req.finished:

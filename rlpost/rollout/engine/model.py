@@ -1,8 +1,10 @@
-"""The embedded engine's decoder (Llama, Qwen2, Qwen3) written for serving: fused QKV and gate/up projections,
-packed variable-length prefill and batched decode against a slot KV cache.
+"""The embedded engine's decoder (Llama, Qwen2, Qwen3, Qwen2.5-VL) written for serving: fused QKV and gate/up
+projections, packed variable-length prefill and batched decode against a slot KV cache.
 
 Weights are addressed by their Hugging Face names, so checkpoints, /update_weights_from_tensor and the resharder's
-buckets all load through one table.
+buckets all load through one table. Qwen2.5-VL adds transformers' vision tower (run at prefill; its features replace
+the image tokens' embeddings) and mRoPE: a rotary position per (temporal, height, width) section, so the position a
+token rotates by is no longer its cache slot.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import torch.nn.functional as F
 from rlpost.dtypes import torch_dtype
 from rlpost.models.rope import rope_settings
 from rlpost.models.safetensors_dir import SafetensorsDir
+from rlpost.models.vision import PREFIX as VISION_PREFIX
+from rlpost.models.vision import build_vision_tower, mrope_section, text_config
 from rlpost.models.weights import ModelDims
 from rlpost.rollout.engine.kv_cache import KVCache
 
@@ -70,13 +74,17 @@ class DecoderLM:
     def __init__(self, hf_config, dtype: str = "float32"):
         self.config, self.dtype = hf_config, torch_dtype(dtype)
         self.dims = d = ModelDims.from_hf_config(hf_config)
-        if d.vision is not None:
-            raise ValueError(f"the embedded engine serves text-only models; {hf_config.model_type} (vision-language) "
-                             f"serving is not built yet")
-        self.eps = float(hf_config.rms_norm_eps)
+        text = text_config(hf_config)
+        self.eps = float(text.rms_norm_eps)
         self.q_size, self.kv_size = d.heads * d.head_dim, d.kv_heads * d.head_dim
-        self.inv_freq = rope_inv_freq(hf_config, d.head_dim)
-        self.max_positions = int(getattr(hf_config, "max_position_embeddings", 4096))
+        self.inv_freq = rope_inv_freq(text, d.head_dim)
+        self.max_positions = int(getattr(text, "max_position_embeddings", 4096))
+        self.visual, self.image_token_id, self._sections = None, None, None
+        if d.vision is not None:
+            self.visual = build_vision_tower(hf_config, self.dtype).eval()
+            self.image_token_id = int(hf_config.image_token_id)
+            # which of the (temporal, height, width) positions drives each rotary frequency
+            self._sections = torch.repeat_interleave(torch.arange(3), torch.tensor(mrope_section(hf_config)))
 
         def empty(*shape):
             return torch.zeros(*shape, dtype=self.dtype)
@@ -138,6 +146,8 @@ class DecoderLM:
             if layer.q_norm is not None:
                 table.update({p + "self_attn.q_norm.weight": (layer.q_norm, full),
                               p + "self_attn.k_norm.weight": (layer.k_norm, full)})
+        if self.visual is not None:
+            table.update({VISION_PREFIX + n: (t.data, full) for n, t in self.visual.named_parameters()})
         return table
 
     def load_weights(self, named: Iterable[tuple[str, torch.Tensor]]) -> int:
@@ -169,6 +179,8 @@ class DecoderLM:
         out = [self.embed, self.norm] + ([] if self.dims.tied else [self.lm_head])
         for layer in self.layers:
             out += [t for t in vars(layer).values() if t is not None]
+        if self.visual is not None:
+            out += [t.data for t in self.visual.parameters()]
         return out
 
     def release(self) -> None:
@@ -206,7 +218,11 @@ class DecoderLM:
         return x * cos + rotated * sin
 
     def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+        """positions [n], or mRoPE's [3, n]: each frequency rotates by its section's position."""
+        if positions.dim() == 2:
+            freqs = positions.float()[self._sections].T * self.inv_freq[None, :]
+        else:
+            freqs = positions.float()[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(self.dtype)[:, None, :], emb.sin().to(self.dtype)[:, None, :]
 
@@ -226,14 +242,26 @@ class DecoderLM:
         return x + self._linear(F.silu(gate) * up, layer.down)
 
     @torch.inference_mode()
+    def encode_images(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """[image tokens of all the images, hidden]: what replaces their embeddings."""
+        return self.visual(pixel_values.to(self.dtype), grid_thw=grid_thw).pooler_output.to(self.dtype)
+
+    @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, segments: list[PrefillSegment], cache: KVCache,
-                hidden_positions: torch.Tensor) -> torch.Tensor:
+                hidden_positions: torch.Tensor, rope_positions: torch.Tensor | None = None,
+                image_embeds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Run the packed new tokens of several sequences, writing their keys/values into the cache; return the
-        final hidden states at hidden_positions (indices into the packed tokens)."""
+        final hidden states at hidden_positions (indices into the packed tokens).
+
+        rope_positions: [3, tokens] mRoPE positions (default: each token's cache slot). image_embeds: (packed
+        indices, features) that replace those tokens' embeddings."""
         d = self.dims
         positions = torch.cat([torch.arange(s.start, s.start + s.length) for s in segments])
-        cos, sin = self._cos_sin(positions)
+        cos, sin = self._cos_sin(positions if rope_positions is None else rope_positions)
         x = self.embed[tokens]
+        if image_embeds is not None:
+            x = x.clone()
+            x[image_embeds[0]] = image_embeds[1]
         rep = d.heads // d.kv_heads
         for li, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, self._rms(x, layer.input_norm), cos, sin)
@@ -258,11 +286,13 @@ class DecoderLM:
         return self._rms(x[hidden_positions], self.norm)
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One new token for each of the first len(tokens) cache rows (row i at positions[i]); final hidden states."""
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+               rope_offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """One new token for each of the first len(tokens) cache rows (row i at positions[i]); final hidden states.
+        rope_offsets: mRoPE's per-row shift of a text token's position from its slot (after images it is behind)."""
         d = self.dims
         n = tokens.shape[0]
-        cos, sin = self._cos_sin(positions)
+        cos, sin = self._cos_sin(positions if rope_offsets is None else positions + rope_offsets)
         length = int(positions.max()) + 1
         mask = (torch.arange(length)[None, :] <= positions[:, None])[:, None, None, :]
         rows = torch.arange(n)

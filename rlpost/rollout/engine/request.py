@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import torch
+
 from rlpost.registry import did_you_mean
 
 
@@ -108,6 +110,9 @@ class Request:
     finished_at: float | None = None
     seed: int | None = None  # None: the engine's shared generator
     weight_version: str = "default"
+    images: list = field(default_factory=list)  # ImageInputs (rlpost.rollout.engine.images), in prompt order
+    rope_positions: torch.Tensor | None = None  # mRoPE positions [3, len(input_ids)] when the prompt has images
+    image_token_id: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -117,6 +122,40 @@ class Request:
     def length(self) -> int:
         return len(self.input_ids) + len(self.output_ids)
 
-    def tokens_with_kv(self) -> list[int]:
-        """The tokens whose keys/values sit in the cache: all but the newest sampled one."""
-        return (self.input_ids + self.output_ids)[:-1] if self.output_ids else list(self.input_ids)
+    @property
+    def kv_length(self) -> int:
+        """How many of its tokens have keys/values in the cache: all but the newest sampled one."""
+        return self.length - 1 if self.output_ids else self.length
+
+    def cache_keys(self) -> list[int]:
+        """input + output ids with each image's tokens replaced by its content key: what identifies the keys and
+        values of a prefix (the pad tokens alone are the same for every image)."""
+        keys = self.input_ids + self.output_ids
+        for (start, length), image in zip(self.image_spans(), self.images):
+            keys[start:start + length] = [image.key] * length
+        return keys
+
+    def image_spans(self) -> list[tuple[int, int]]:
+        """(start, length) of each image's run of tokens in input_ids."""
+        spans, i = [], 0
+        for image in self.images:
+            while self.input_ids[i] != self.image_token_id:
+                i += 1
+            spans.append((i, image.tokens))
+            i += image.tokens
+        return spans
+
+    def rope_range(self, start: int, end: int) -> torch.Tensor:
+        """mRoPE positions [3, end - start] of tokens start..end-1 of input + output (output tokens are text, one
+        position after another from the prompt's last)."""
+        n_in = len(self.input_ids)
+        prompt = self.rope_positions if self.rope_positions is not None else torch.arange(n_in).expand(3, -1)
+        after = torch.arange(max(start, n_in), max(end, n_in)) + self.rope_delta
+        return torch.cat([prompt[:, start:min(end, n_in)], after.expand(3, -1)], dim=1)
+
+    @property
+    def rope_delta(self) -> int:
+        """How far a text token's position is from its slot after the prompt's images (0 without images)."""
+        if self.rope_positions is None:
+            return 0
+        return int(self.rope_positions.max()) + 1 - len(self.input_ids)

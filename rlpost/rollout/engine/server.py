@@ -36,7 +36,7 @@ from rlpost.rollout.engine.engine import Engine
 from rlpost.rollout.engine.request import Request, RequestError, SamplingParams
 from rlpost.rollout.tool_parser import parse_tool_calls
 
-_UNSUPPORTED = {"image_data", "lora_path", "custom_logit_processor", "return_hidden_states", "token_ids_logprob"}
+_UNSUPPORTED = {"lora_path", "custom_logit_processor", "return_hidden_states", "token_ids_logprob"}
 
 
 def _error(request: web.Request, message: str, status: int = 400) -> web.Response:
@@ -234,19 +234,26 @@ class EngineServer:
 
         return_logprob, start, top_n = per("return_logprob", False), per("logprob_start_len", -1), per(
             "top_logprobs_num", 0)
+        prepared = await self._prepare_images(prompts, _image_data(body.get("image_data"), batch, len(prompts)))
         requests = []
-        for i, prompt in enumerate(prompts):
+        for i, fields in enumerate(prepared):
             requests += self._samples(
-                rids[i], prompt, SamplingParams.from_json(params_list[i]),
-                return_logprob=bool(return_logprob[i]), logprob_start_len=int(start[i]),
-                top_logprobs_num=int(top_n[i]), stream=bool(body.get("stream")))
+                rids[i], SamplingParams.from_json(params_list[i]), return_logprob=bool(return_logprob[i]),
+                logprob_start_len=int(start[i]), top_logprobs_num=int(top_n[i]), stream=bool(body.get("stream")),
+                **fields)
         return requests, batch or len(requests) > 1, rids
 
-    def _samples(self, base: str, ids: list[int], params: SamplingParams, **fields) -> list[Request]:
+    async def _prepare_images(self, prompts: list[list[int]], image_data: list[list]) -> list[dict]:
+        """Each prompt's Request fields: image processing and the vision-token expansion off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tokenizing, lambda: [
+            self.engine.prepare_images(p, items) for p, items in zip(prompts, image_data)])
+
+    def _samples(self, base: str, params: SamplingParams, input_ids: list[int], **fields) -> list[Request]:
         """The params.n checked requests of one prompt. As SGLang: with deterministic inference every copy samples
         with the request's seed (42 when it has none), otherwise from the engine's shared generator."""
         seed = (42 if params.sampling_seed is None else params.sampling_seed) if self.engine.deterministic else None
-        requests = [Request(rid=base if params.n == 1 else f"{base}-{j}", input_ids=list(ids), params=params,
+        requests = [Request(rid=base if params.n == 1 else f"{base}-{j}", input_ids=list(input_ids), params=params,
                             seed=seed, **fields) for j in range(params.n)]
         for req in requests:
             self.engine.check(req)
@@ -381,6 +388,7 @@ class EngineServer:
             raise RequestError(f"the model's tokenizer ({self.engine.model_path}) has no chat template")
         tool_choice = body.get("tool_choice", "auto")
         use_tools = tools if tools and tool_choice != "none" else None
+        messages, image_data = _image_parts(messages)
         prompt = await asyncio.get_running_loop().run_in_executor(self._tokenizing, lambda: tok.apply_chat_template(
             _with_parsed_arguments(messages), tools=use_tools, add_generation_prompt=True, tokenize=False))
         stop = body.get("stop")
@@ -393,11 +401,13 @@ class EngineServer:
             "presence_penalty": body.get("presence_penalty", 0.0),
             "skip_special_tokens": body.get("skip_special_tokens", True),
         })
-        ids = (await self._tokenize([prompt], add_special_tokens=False))[0]
+        fields = (await self._prepare_images(await self._tokenize([prompt], add_special_tokens=False),
+                                             [image_data]))[0]
+        ids = fields["input_ids"]
         params.max_new_tokens = min(params.max_new_tokens, self.engine.context_length - len(ids))
         logprobs, top_n = bool(body.get("logprobs")), int(body.get("top_logprobs") or 0)
         base = uuid.uuid4().hex
-        requests = self._samples(base, ids, params, return_logprob=logprobs, top_logprobs_num=top_n)
+        requests = self._samples(base, params, return_logprob=logprobs, top_logprobs_num=top_n, **fields)
         queue = self._track(requests)
         async with self._generation():
             await self._run(requests, queue)
@@ -671,6 +681,37 @@ def serve(engine: Engine, host: str = "127.0.0.1", port: int = 30000, served_mod
         engine.serve_forever()
     finally:
         http.stop()
+
+
+def _image_data(value, batch: bool, n_prompts: int) -> list[list]:
+    """SGLang's image_data per prompt: one item or a list of items for one prompt, a list of lists for a batch."""
+    if value is None:
+        return [[] for _ in range(n_prompts)]
+    if not batch:
+        return [value if isinstance(value, list) else [value]]
+    if not isinstance(value, list) or len(value) != n_prompts:
+        raise RequestError(f"image_data must hold one entry (a list of images, or null) per prompt: {n_prompts} "
+                           f"prompts")
+    return [[] if v is None else v if isinstance(v, list) else [v] for v in value]
+
+
+def _image_parts(messages: list[dict]) -> tuple[list[dict], list[str]]:
+    """OpenAI image parts ({type: image_url, image_url: {url}}) -> template image parts, and their URLs in order."""
+    urls, out = [], []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    url = part.get("image_url")
+                    urls.append(url.get("url") if isinstance(url, dict) else url)
+                    parts.append({"type": "image"})
+                else:
+                    parts.append(part)
+            message = {**message, "content": parts}
+        out.append(message)
+    return out, urls
 
 
 def _with_parsed_arguments(messages: list[dict]) -> list[dict]:
