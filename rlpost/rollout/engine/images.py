@@ -1,8 +1,7 @@
 """Images of generation requests: SGLang's `image_data` items decoded, run through the model's image processor, and
-the prompt's image tokens expanded to one per merged patch, with mRoPE positions for the expanded prompt.
+the prompt's image tokens expanded to one per merged patch (rlpost.models.image_inputs), with mRoPE positions for
+the expanded prompt.
 
-A prompt marks each image with one `<|image_pad|>` (what the chat template writes; SGLang expands it the same way),
-or already holds each image's full run of pads (what a trainer's token ids look like); anything else is refused.
 Image content, not the pad tokens, identifies an image to the prefix cache: each image's tokens are keyed by a
 digest of its pixels, so two prompts with the same text and different images never share keys/values.
 """
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from rlpost.models.image_inputs import expand_image_pads, load_image_processor, process_images
 from rlpost.models.mrope import image_tokens, mrope_positions
 from rlpost.rollout.engine.request import RequestError
 
@@ -58,46 +58,26 @@ def decode_image(item) -> object:
 
 
 class ImagePreparer:
-    """The model directory's Qwen2-VL image processor (PIL implementation: no torchvision needed)."""
+    """The model directory's image processor and the expansion of a prompt's image pads."""
 
     def __init__(self, model_path: str | Path, image_token_id: int, merge: int):
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-        if not (Path(model_path) / "preprocessor_config.json").is_file():
-            raise ValueError(f"vision-language model '{model_path}' has no preprocessor_config.json (the image "
-                             f"processor's settings: patch size, min/max pixels, normalisation)")
-        self.processor = Qwen2VLImageProcessorPil.from_pretrained(model_path)
+        self.processor = load_image_processor(model_path)
         self.image_token_id, self.merge = image_token_id, merge
 
     def images(self, items: list) -> list[ImageInput]:
-        if not items:
-            return []
-        pil = [decode_image(item) for item in items]
-        out = self.processor(images=pil, return_tensors="pt")
-        grids = out["image_grid_thw"].tolist()
-        per_image = [g[0] * g[1] * g[2] for g in grids]
+        patches, grids = process_images(self.processor, [decode_image(item) for item in items])
         result = []
-        for pixels, grid in zip(out["pixel_values"].split(per_image), grids):
+        for pixels, grid in zip(patches, grids):
             digest = hashlib.blake2b(pixels.numpy().tobytes() + bytes(str(grid), "ascii"), digest_size=8).digest()
             key = -1 - (int.from_bytes(digest, "little") >> (64 - _DIGEST_BITS))
-            result.append(ImageInput(pixels, tuple(grid), image_tokens(grid, self.merge), key))
+            result.append(ImageInput(pixels, grid, image_tokens(grid, self.merge), key))
         return result
 
     def expand(self, input_ids: list[int], images: list[ImageInput]) -> tuple[list[int], torch.Tensor]:
         """The prompt with each image's run of pads, and its mRoPE positions [3, len]."""
-        pads = sum(t == self.image_token_id for t in input_ids)
-        if pads == len(images):
-            expanded = []
-            runs = iter(images)
-            for t in input_ids:
-                expanded += [t] * next(runs).tokens if t == self.image_token_id else [t]
-        elif pads == sum(im.tokens for im in images) and images:
-            expanded = list(input_ids)
-        else:
-            raise RequestError(f"the prompt has {pads} image token(s) for {len(images)} image(s): mark each image "
-                               f"with one <|image_pad|> (or its full run of {[im.tokens for im in images]} pads)")
         try:
+            expanded = expand_image_pads(input_ids, [im.tokens for im in images], self.image_token_id)
             positions = mrope_positions(expanded, [im.grid_thw for im in images], self.image_token_id, self.merge)
         except ValueError as e:
-            raise RequestError(f"image tokens do not match the images: {e}") from None
+            raise RequestError(str(e)) from None
         return expanded, positions
