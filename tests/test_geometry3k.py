@@ -152,7 +152,7 @@ def geo_row(images, content="<image>Find x."):
     ([{"bytes": png(), "path": None}] * 2, "<image>Find x.", "images", "holds 2 image\\(s\\) but 'prompt' has 1"),
     ([{"bytes": png(), "path": None}], "Find x.", "images", "holds 1 image\\(s\\) but 'prompt' has 0 '<image>'"),
     ([{"bytes": b"\x89PNG not really", "path": None}], "<image>Find x.", "images\\[0\\]",
-     "is not a readable image \\(its bytes\\): UnidentifiedImageError"),
+     "is not a readable image: UnidentifiedImageError"),
     ([{"bytes": None, "path": "figures/missing.png"}], "<image>Find x.", "images\\[0\\]",
      "is not a readable image \\(file 'figures/missing.png'\\): FileNotFoundError"),
     ([{"bytes": png(401, 2), "path": None}], "<image>Find x.", "images\\[0\\]", "is 401x2 pixels: an aspect ratio"),
@@ -174,6 +174,6 @@ def test_an_image_path_is_read_relative_to_the_data_file(tmp_path):
 def test_valid_image_rows_for_a_text_only_model_fail_naming_the_row(tmp_path, tokenizer):
     """Until the model can see, the images would be dropped without a word: loading them is an error."""
     geometry3k.build_default(tmp_path, 4, 1, 0)
-    with pytest.raises(RowError, match=r"train.parquet row 0: field 'images' holds 1 image\(s\), but rlpost's models "
-                                       r"are text-only"):
+    with pytest.raises(RowError, match=r"train.parquet row 0: field 'images' holds 1 image\(s\), but the model is "
+                                       r"text-only"):
         RLDataset([tmp_path / "train.parquet"], tokenizer, max_prompt_length=400)

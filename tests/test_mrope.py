@@ -87,3 +87,13 @@ def test_image_token_counts_that_do_not_add_up_are_errors():
         mrope_positions([1, 9, 9, 9, 9, 9], [(1, 4, 4)], image, 2)
     with pytest.raises(ValueError, match=r"2 image grid\(s\) given, the sequence has image tokens for 1"):
         mrope_positions([1, 9, 9, 9, 9], [(1, 4, 4), (1, 2, 2)], image, 2)
+
+
+def test_an_image_token_the_policy_sampled_is_text():
+    """The image's run holds its grid's tokens; a later <|image_pad|> that is no image slot takes a text position."""
+    ids = [1, 9, 9, 9, 9, 2, 9, 3]
+    slots = [False, True, True, True, True, False, False, False]
+    positions = mrope_positions(ids, [(1, 4, 4)], 9, 2, slots)
+    assert positions.tolist() == [[0, 1, 1, 1, 1, 3, 4, 5], [0, 1, 1, 2, 2, 3, 4, 5], [0, 1, 2, 1, 2, 3, 4, 5]]
+    with pytest.raises(ValueError, match="belongs to no image"):
+        mrope_positions(ids, [(1, 4, 4)], 9, 2)

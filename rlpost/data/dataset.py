@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlpost.data.images import check_placeholders, load_image
+from rlpost.data.images import PromptVision, check_placeholders, decode, image_bytes, to_content_parts
 from rlpost.data.io import read_rows
 from rlpost.data.schema import RowError, validate_row
+from rlpost.models.image_inputs import expand_image_pads
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class PromptSample:
     prompt_ids: list[int]
     ability: str = ""
     extra_info: dict = field(default_factory=dict)
-    images: list = field(default_factory=list)
+    images: list[bytes] = field(default_factory=list)  # encoded, in prompt order; prompt_ids hold their image runs
 
     @property
     def tools_kwargs(self) -> dict:
@@ -43,11 +44,13 @@ class RLDataset:
     """
 
     @classmethod
-    def from_config(cls, files: Sequence[str | Path], tokenizer, data, tools: list[dict] | None = None) -> RLDataset:
+    def from_config(cls, files: Sequence[str | Path], tokenizer, data, tools: list[dict] | None = None,
+                    vision: PromptVision | None = None) -> RLDataset:
         """With the data section's settings (rlpost.config.schema.DataConfig): how training and evaluation read
         prompts alike."""
         return cls(files, tokenizer, data.max_prompt_length, prompt_key=data.prompt_key, image_key=data.image_key,
-                   filter_overlong=data.filter_overlong_prompts, truncation=data.truncation, tools=tools)
+                   filter_overlong=data.filter_overlong_prompts, truncation=data.truncation, tools=tools,
+                   vision=vision)
 
     def __init__(
         self,
@@ -60,42 +63,53 @@ class RLDataset:
         filter_overlong: bool = True,
         truncation: str = "error",
         tools: list[dict] | None = None,
+        vision: PromptVision | None = None,
     ):
         if not files:
             raise ValueError("no data files given")
         self.samples: list[PromptSample] = []
         self.n_filtered = 0
+        self.vision = vision
         for path in files:
             rows = [validate_row(r, str(path), i, prompt_key, image_key) for i, r in enumerate(read_rows(path))]
+            images, image_tokens = [], []  # per row: encoded images, image tokens of each
             for i, r in enumerate(rows):
                 check_placeholders(r["prompt"], len(r["images"]), str(path), i, prompt_key, image_key)
-                for k, entry in enumerate(r["images"]):
-                    load_image(entry, str(path), i, f"{image_key}[{k}]", Path(path).parent)
-            for i, r in enumerate(rows):
-                if r["images"]:  # no model here can see them yet: training on the text alone would be silent
-                    raise RowError(str(path), i, image_key, f"holds {len(r['images'])} image(s), but rlpost's models "
-                                   f"are text-only for now (vision-language training is not built yet), so the "
-                                   f"images would be dropped without a word; use text-only rows")
+                fields = [f"{image_key}[{k}]" for k in range(len(r["images"]))]
+                images.append([image_bytes(e, str(path), i, f, Path(path).parent) for e, f in zip(r["images"], fields)])
+                decoded = [decode(data, str(path), i, f) for data, f in zip(images[-1], fields)]
+                image_tokens.append(vision.tokens_per_image(decoded) if vision and decoded else [])
+            first = next((i for i, r in enumerate(rows) if r["images"]), None)
+            if first is not None and vision is None:  # training on the text alone would drop them without a word
+                raise RowError(str(path), first, image_key, f"holds {len(rows[first]['images'])} image(s), but the "
+                               f"model is text-only, so the images would be dropped without a word; use a "
+                               f"vision-language model (Qwen2.5-VL) or text-only rows")
             texts = [
-                tokenizer.apply_chat_template(r["prompt"], tools=tools, add_generation_prompt=True, tokenize=False)
-                for r in rows
+                tokenizer.apply_chat_template(to_content_parts(r["prompt"], str(path), i, prompt_key) if vision
+                                              else r["prompt"], tools=tools, add_generation_prompt=True,
+                                              tokenize=False)
+                for i, r in enumerate(rows)
             ]
             ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+            if vision:
+                ids = [expand_image_pads(row_ids, tokens, vision.image_token_id) if tokens else row_ids
+                       for row_ids, tokens in zip(ids, image_tokens)]
             kept = 0
             for i, (row, prompt_ids) in enumerate(zip(rows, ids)):
                 if len(prompt_ids) > max_prompt_length:
                     if filter_overlong:
                         self.n_filtered += 1
                         continue
-                    if truncation == "error":
-                        raise RowError(str(path), i, prompt_key, f"renders to {len(prompt_ids)} tokens, more than "
-                                       f"data.max_prompt_length = {max_prompt_length}")
+                    if truncation == "error" or images[i]:  # a cut image run would not match its image
+                        counted = " (image tokens included; a prompt with images is not cut)" if images[i] else ""
+                        raise RowError(str(path), i, prompt_key, f"renders to {len(prompt_ids)} tokens{counted}, "
+                                       f"more than data.max_prompt_length = {max_prompt_length}")
                     keep = slice(-max_prompt_length, None) if truncation == "left" else slice(max_prompt_length)
                     prompt_ids = prompt_ids[keep]
                 self.samples.append(PromptSample(
                     uid=f"{path}:{i}", data_source=row["data_source"], messages=row["prompt"],
                     ground_truth=row["reward_model"]["ground_truth"], prompt_ids=list(prompt_ids),
-                    ability=row["ability"], extra_info=row["extra_info"], images=row["images"],
+                    ability=row["ability"], extra_info=row["extra_info"], images=images[i],
                 ))
                 kept += 1
             if len(rows) > kept:

@@ -8,10 +8,14 @@ Qwen2.5-VL's chat template renders as `<|vision_start|><|image_pad|><|vision_end
 
 from __future__ import annotations
 
+import base64
 import io
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from rlpost.data.schema import RowError
 
@@ -50,18 +54,27 @@ def check_placeholders(messages: list[dict], n_images: int, source: str, row: in
                        f"'{PLACEHOLDER}' placeholder(s); each image needs one placeholder where it goes")
 
 
-def load_image(entry: Any, source: str, row: int, field: str, base_dir: Path | None = None):
-    """One row image ({bytes}, {path} or a path string; relative paths are relative to the data file) -> RGB."""
+def image_bytes(entry: Any, source: str, row: int, field: str, base_dir: Path | None = None) -> bytes:
+    """A row image's encoded bytes ({bytes}, {path} or a path string; relative paths are relative to the data
+    file)."""
+    data, path = (entry.get("bytes"), entry.get("path")) if isinstance(entry, dict) else (None, entry)
+    if data is not None:
+        return data
+    file = Path(path)
+    if not file.is_absolute() and base_dir is not None:
+        file = base_dir / file
+    try:
+        return file.read_bytes()
+    except OSError as e:
+        raise RowError(source, row, field, f"is not a readable image (file '{path}'): {type(e).__name__}: {e}"
+                       ) from None
+
+
+def decode(data: bytes, source: str, row: int, field: str):
+    """Encoded bytes -> an RGB PIL image, size-checked."""
     from PIL import Image
 
-    data, path = (entry.get("bytes"), entry.get("path")) if isinstance(entry, dict) else (None, entry)
-    origin = "its bytes" if data is not None else f"file '{path}'"
     try:
-        if data is None:
-            file = Path(path)
-            if not file.is_absolute() and base_dir is not None:
-                file = base_dir / file
-            data = file.read_bytes()
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
@@ -73,4 +86,55 @@ def load_image(entry: Any, source: str, row: int, field: str, base_dir: Path | N
     except RowError:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise RowError(source, row, field, f"is not a readable image ({origin}): {type(e).__name__}: {e}") from None
+        raise RowError(source, row, field, f"is not a readable image: {type(e).__name__}: {e}") from None
+
+
+def load_image(entry: Any, source: str, row: int, field: str, base_dir: Path | None = None):
+    """One row image -> RGB, checked."""
+    return decode(image_bytes(entry, source, row, field, base_dir), source, row, field)
+
+
+def data_uri(data: bytes) -> str:
+    """How an image travels to a rollout server (SGLang's image_data accepts data URIs)."""
+    return "data:image;base64," + base64.b64encode(data).decode("ascii")
+
+
+@dataclass(frozen=True)
+class PromptVision:
+    """What a vision-language model makes of a prompt's images: its image processor, image token and merge size."""
+
+    processor: Any
+    image_token_id: int
+    merge: int
+
+    @classmethod
+    def for_model(cls, model_dir: str | Path) -> PromptVision | None:
+        """None for a text-only model."""
+        from transformers import AutoConfig
+
+        from rlpost.models.image_inputs import load_image_processor
+        from rlpost.models.vision import is_vision_language
+
+        config = AutoConfig.from_pretrained(model_dir)
+        if not is_vision_language(config):
+            return None
+        return cls(load_image_processor(model_dir), int(config.image_token_id),
+                   int(config.vision_config.spatial_merge_size))
+
+    def tokens_per_image(self, images: list) -> list[int]:
+        from rlpost.models.image_inputs import process_images
+        from rlpost.models.mrope import image_tokens
+
+        return [image_tokens(g, self.merge) for g in process_images(self.processor, images)[1]]
+
+    def model_inputs(self, encoded: list[bytes]) -> dict:
+        """{pixel_values, image_grid_thw} of one sample's images (encoded, already checked when the dataset was
+        read; {} without images): what the trainer's model reads with its token ids."""
+        from PIL import Image
+
+        from rlpost.models.image_inputs import process_images
+
+        if not encoded:
+            return {}
+        patches, grids = process_images(self.processor, [Image.open(io.BytesIO(d)).convert("RGB") for d in encoded])
+        return {"pixel_values": torch.cat(patches), "image_grid_thw": torch.tensor(grids, dtype=torch.long)}

@@ -18,7 +18,7 @@ from rlpost.megatron.model import StageModel
 MicroBatch = dict[str, torch.Tensor]
 
 
-VISION_INPUTS = ("pixel_values", "image_grid_thw")
+VISION_INPUTS = ("pixel_values", "image_grid_thw", "image_mask")
 
 
 def position_ids(input_ids: torch.Tensor) -> torch.Tensor:

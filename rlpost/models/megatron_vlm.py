@@ -22,16 +22,18 @@ class VisionGPTModel(GPTModel):
             self.visual = build_vision_tower(hf_config, self.config.params_dtype)
 
     def forward(self, input_ids, position_ids, attention_mask, decoder_input=None, pixel_values=None,
-                image_grid_thw=None, **kwargs):
+                image_grid_thw=None, image_mask=None, **kwargs):
+        """image_mask [b, s]: the tokens that hold image features (default: every image token; a trainer passes
+        it because a policy may sample the image token itself)."""
         if self.pre_process and decoder_input is None:
             decoder_input = self.embedding(input_ids=input_ids, position_ids=None)  # [s, b, h]
             if pixel_values is not None:
-                decoder_input = self._insert_images(decoder_input, input_ids, pixel_values, image_grid_thw)
+                mask = input_ids == self.image_token_id if image_mask is None else image_mask.bool()
+                decoder_input = self._insert_images(decoder_input, mask, pixel_values, image_grid_thw)
         return super().forward(input_ids, position_ids, attention_mask, decoder_input=decoder_input, **kwargs)
 
-    def _insert_images(self, embeddings, input_ids, pixel_values, image_grid_thw):
+    def _insert_images(self, embeddings, mask, pixel_values, image_grid_thw):
         features = self.visual(pixel_values.to(embeddings.dtype), grid_thw=image_grid_thw).pooler_output
-        mask = input_ids == self.image_token_id  # [b, s]
         if int(mask.sum()) != features.shape[0]:
             raise ValueError(f"the micro-batch has {int(mask.sum())} image tokens but its images give "
                              f"{features.shape[0]} features (grids {image_grid_thw.tolist()})")

@@ -16,17 +16,21 @@ import torch
 
 
 def mrope_positions(input_ids: Sequence[int] | torch.Tensor, image_grid_thw: Sequence[Sequence[int]] | torch.Tensor,
-                    image_token_id: int, spatial_merge_size: int) -> torch.Tensor:
+                    image_token_id: int, spatial_merge_size: int,
+                    image_slots: Sequence[bool] | torch.Tensor | None = None) -> torch.Tensor:
     """[3, len(input_ids)] positions; images are taken from image_grid_thw in order of appearance.
 
     Grids are matched to runs by their token counts, so two images with no text between them are still two images;
-    a count that does not add up is an error, not a silent shift of every later position."""
+    a count that does not add up is an error, not a silent shift of every later position. image_slots (default: every
+    image token) says which image tokens hold an image: a policy may sample `<|image_pad|>` itself, and such a token
+    is text."""
     ids = torch.as_tensor(input_ids).tolist()
+    slots = (torch.as_tensor(ids) == image_token_id if image_slots is None else torch.as_tensor(image_slots)).tolist()
     grids = [tuple(int(x) for x in g) for g in torch.as_tensor(image_grid_thw).reshape(-1, 3).tolist()]
     out = torch.empty(3, len(ids), dtype=torch.long)
     pos, i, image = 0, 0, 0
     while i < len(ids):
-        if ids[i] != image_token_id:
+        if not slots[i]:
             out[:, i] = pos
             pos, i = pos + 1, i + 1
             continue
@@ -35,9 +39,9 @@ def mrope_positions(input_ids: Sequence[int] | torch.Tensor, image_grid_thw: Seq
         t, h, w = grids[image]
         h, w = h // spatial_merge_size, w // spatial_merge_size
         n = t * h * w
-        if ids[i:i + n] != [image_token_id] * n:
+        if slots[i:i + n] != [True] * n:
             raise ValueError(f"image {image} (grid {grids[image]}) needs {n} image tokens from index {i}, the "
-                             f"sequence has {_run(ids, i, image_token_id)}")
+                             f"sequence has {_run(slots, i)}")
         grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"))
         out[:, i:i + n] = grid.reshape(3, -1) + pos
         pos, i, image = pos + max(t, h, w), i + n, image + 1
@@ -46,9 +50,9 @@ def mrope_positions(input_ids: Sequence[int] | torch.Tensor, image_grid_thw: Seq
     return out
 
 
-def _run(ids: list[int], start: int, token: int) -> int:
+def _run(slots: list[bool], start: int) -> int:
     end = start
-    while end < len(ids) and ids[end] == token:
+    while end < len(slots) and slots[end]:
         end += 1
     return end - start
 
@@ -60,15 +64,16 @@ def image_tokens(grid_thw: Sequence[int], spatial_merge_size: int) -> int:
 
 
 def batch_mrope_positions(input_ids: torch.Tensor, lengths: Sequence[int], image_grids: Sequence,
-                          image_token_id: int, spatial_merge_size: int) -> torch.Tensor:
+                          image_token_id: int, spatial_merge_size: int, image_slots: torch.Tensor) -> torch.Tensor:
     """[n, 3, s] for right-padded rows: each row's first lengths[i] tokens with its own grids (None or empty: no
-    images); padding continues the row's last position, as text would (the causal mask keeps it out of real
-    positions)."""
+    images) and image slots [n, s]; padding continues the row's last position, as text would (the causal mask keeps
+    it out of real positions)."""
     n, width = input_ids.shape
     out = torch.empty(n, 3, width, dtype=torch.long)
     for i, (length, grids) in enumerate(zip(lengths, image_grids, strict=True)):
         grids = torch.zeros(0, 3, dtype=torch.long) if grids is None else grids
-        out[i, :, :length] = mrope_positions(input_ids[i, :length], grids, image_token_id, spatial_merge_size)
+        out[i, :, :length] = mrope_positions(input_ids[i, :length], grids, image_token_id, spatial_merge_size,
+                                             image_slots[i, :length])
         last = out[i, :, length - 1].max() if length else -1
         out[i, :, length:] = torch.arange(1, width - length + 1) + last
     return out

@@ -60,15 +60,18 @@ async def generate(client: SGLangClient, prompts: Batch, *, n: int, sampling: di
     SGLang replicates one request's sampling params (its seed too) across its n copies, so a seeded `n` would
     sample n identical responses. on_prompt_done is called as each prompt's samples arrive (a progress bar)."""
     ids, per_sample = prompt_token_ids(prompts), prompts.fields
+    images = per_sample.get("image_data") or [[] for _ in ids]  # SGLang's image_data, per prompt
 
     async def one(i: int) -> list[Sample]:
         params = {**sampling, "max_new_tokens": max_new_tokens}
         if seed is None:
-            answer = await client.generate(ids[i], {**params, "n": n}, return_logprob=True)
+            extra = {"image_data": images[i]} if images[i] else {}
+            answer = await client.generate(ids[i], {**params, "n": n}, return_logprob=True, **extra)
         else:
+            extra = {"image_data": [images[i]] * n} if images[i] else {}
             answer = await client.generate(
                 [ids[i]] * n, [{**params, "sampling_seed": sample_seed(seed, *key, per_sample["uid"][i], k)}
-                               for k in range(n)], return_logprob=True)
+                               for k in range(n)], return_logprob=True, **extra)
         answers = answer if isinstance(answer, list) else [answer]
         if len(answers) != n:
             raise RuntimeError(f"asked for {n} samples of prompt {i}, the server answered {len(answers)}")

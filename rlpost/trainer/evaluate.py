@@ -35,6 +35,7 @@ def evaluate(cfg: RLConfig, model: str, data_files: list[str], progress=None) ->
     from transformers import AutoTokenizer
 
     from rlpost.data.dataset import RLDataset
+    from rlpost.data.images import PromptVision
     from rlpost.rewards.reward import Reward
     from rlpost.rollout.rollout import Rollout
     from rlpost.trainer.validation import validate
@@ -48,7 +49,7 @@ def evaluate(cfg: RLConfig, model: str, data_files: list[str], progress=None) ->
     rollout = Rollout(cfg, tokenizer)
     try:
         rollout.connect([host.url], progress)
-        data = RLDataset.from_config(data_files, tokenizer, d, rollout.tool_schemas)
+        data = RLDataset.from_config(data_files, tokenizer, d, rollout.tool_schemas, PromptVision.for_model(path))
         metrics = validate(rollout, data, Reward(cfg.reward, d.max_response_length), cfg)
     finally:
         rollout.close()

@@ -14,6 +14,7 @@ from rlpost.config.derived import estimator, needs_old_log_probs, rollout_device
 from rlpost.config.schema import RLConfig
 from rlpost.data.collate import PromptBatches
 from rlpost.data.dataset import RLDataset
+from rlpost.data.images import PromptVision
 from rlpost.data.sampler import BatchSampler, total_steps
 from rlpost.metric_dicts import average
 from rlpost.rewards.reward import Reward
@@ -41,6 +42,7 @@ class PPOTrainer:
         tokenizer = load_tokenizer(actor_dir)
         self.rollout = Rollout(cfg, tokenizer)
         d = cfg.data
+        self.vision = PromptVision.for_model(actor_dir)
         self.train_data = self._dataset(d.train_files, tokenizer)
         self.val_data = self._dataset(d.val_files, tokenizer) if d.val_files else None
         self.sampler = BatchSampler(len(self.train_data), d.train_batch_size, d.shuffle, d.seed)
@@ -73,7 +75,12 @@ class PPOTrainer:
             raise
 
     def _dataset(self, files: list[str], tokenizer) -> RLDataset:
-        return RLDataset.from_config(files, tokenizer, self.cfg.data, self.rollout.tool_schemas)
+        data = RLDataset.from_config(files, tokenizer, self.cfg.data, self.rollout.tool_schemas, self.vision)
+        with_images = next((s.uid for s in data.samples if s.images), None)
+        if with_images and self.cfg.rollout.multi_turn.enable:
+            raise ValueError(f"prompt {with_images} has images: multi-turn rollouts with images are not built yet "
+                             f"(rollout.multi_turn.enable=false runs them single-turn)")
+        return data
 
     # ---- the loop -----------------------------------------------------------------------------------------------
 

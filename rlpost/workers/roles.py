@@ -25,17 +25,21 @@ from rlpost.models.vision import vision_parameters
 
 def micro_batches(stage: StageModel, batch: Batch, keys: list[str], micro_batch_size: int, max_tokens: int | None):
     """A vision-language batch also carries per-sample `multi_modal_inputs` ({pixel_values, image_grid_thw}, empty
-    for a text-only sample): its mRoPE positions are computed here, and each micro-batch gets its samples' images.
-    Image tokens are part of every length, so token budgets count them."""
+    for a text-only sample): its image slots and mRoPE positions are computed here, and each micro-batch gets its
+    samples' images. Image tokens are part of every length, so token budgets count them."""
     tensors = {k: batch[k] for k in ["input_ids", *keys]}
     lengths = batch["lengths"].tolist()
     images = batch["multi_modal_inputs"] if "multi_modal_inputs" in batch else None
     if images is not None:
         if stage.dims.vision is None:
             raise ValueError("the batch has images but the model is text-only")
+        ids, token = batch["input_ids"], stage.hf_config.image_token_id
+        # an <|image_pad|> the policy sampled is text: only tokens it did not generate hold images
+        generated = torch.nn.functional.pad(batch["loss_mask"].bool(), (1, 0))
+        tensors["image_mask"] = (ids == token) & ~generated
         grids = [m.get("image_grid_thw") if m else None for m in images]
-        tensors["position_ids"] = batch_mrope_positions(batch["input_ids"], lengths, grids,
-                                                        stage.hf_config.image_token_id, stage.dims.vision.merge)
+        tensors["position_ids"] = batch_mrope_positions(ids, lengths, grids, token, stage.dims.vision.merge,
+                                                        tensors["image_mask"])
     mbs, groups = make_micro_batches(tensors, lengths, None if max_tokens is not None else micro_batch_size,
                                      max_tokens)
     if images is not None:
