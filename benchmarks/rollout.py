@@ -9,8 +9,13 @@ per-sample agent loop gets from transformers), timed on the first --sequential p
 prompts also run through vLLM (benchmarks/rollout_vllm.py) in its own virtual environment
 (scripts/install_vllm_cpu.sh makes one).
 
+With --image-prompts N, a vision-language row follows: N drawn geometry figures (rlpost preprocess geometry3k's)
+with their question, on --vl-model (Qwen2.5-VL), through the engine (images as SGLang's image_data) and through
+transformers' batched `generate` (pixel values, grids and mm_token_type_ids, so it uses mRoPE positions), same dtype.
+
     python benchmarks/rollout.py [--prompts 64] [--new-tokens 128] [--dtypes bfloat16,float32] [--sequential 8]
                                  [--vllm-python .vllm-venv/bin/python]
+                                 [--image-prompts 16 --vl-model qwen2.5-coder-0.5b-vl]
 """
 
 from __future__ import annotations
@@ -76,6 +81,74 @@ def run_transformers_sequential(model, prompts: list[list[int]], new_tokens: int
         return time.perf_counter() - start, new_tokens * len(prompts)
 
 
+def geometry_prompts(path, count: int) -> tuple[list[list[int]], list[bytes]]:
+    """Prompt ids (each figure's run of image tokens included) and the figures' PNG bytes."""
+    from rlpost.data.images import PromptVision, decode, to_content_parts
+    from rlpost.data.preprocess.geometry3k import INSTRUCTION, problems
+    from rlpost.models.hf import load_tokenizer
+    from rlpost.models.image_inputs import expand_image_pads
+
+    tokenizer, vision = load_tokenizer(path), PromptVision.for_model(path)
+    ids, pngs = [], []
+    for problem, png in problems(count, 0, seed=0)["train"]:
+        messages = to_content_parts([{"role": "user", "content": f"{problem.question} {INSTRUCTION}"}], "bench", 0,
+                                    "prompt")
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        tokens = vision.tokens_per_image([decode(png, "bench", 0, "images")])
+        ids.append(expand_image_pads(tokenizer(text, add_special_tokens=False)["input_ids"], tokens,
+                                     vision.image_token_id))
+        pngs.append(png)
+    return ids, pngs
+
+
+def run_engine_images(path, prompts: list[list[int]], pngs: list[bytes], new_tokens: int,
+                      dtype: str) -> tuple[float, int]:
+    from rlpost.data.images import data_uri
+    from rlpost.rollout.engine.engine import Engine
+    from rlpost.rollout.engine.request import Request, SamplingParams
+
+    engine = Engine(path, dtype=dtype, max_running=len(prompts), prefix_cache_tokens=0)
+    try:
+        engine.run([Request("warm", params=SamplingParams(max_new_tokens=4),
+                            **engine.prepare_images(prompts[0], [data_uri(pngs[0])]))])
+        start = time.perf_counter()  # image decoding and processing count: the server does them per request
+        params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+        requests = [Request(f"r{i}", params=params, **engine.prepare_images(p, [data_uri(png)]))
+                    for i, (p, png) in enumerate(zip(prompts, pngs))]
+        engine.run(requests)
+        return time.perf_counter() - start, sum(len(r.output_ids) for r in requests)
+    finally:
+        engine.shutdown()
+
+
+def run_transformers_images(path, prompts: list[list[int]], pngs: list[bytes], new_tokens: int,
+                            dtype: str) -> tuple[float, int]:
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from rlpost.data.images import PromptVision
+    from rlpost.dtypes import torch_dtype
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch_dtype(dtype)).eval()
+    vision = PromptVision.for_model(path)
+    pad = model.generation_config.pad_token_id or 0
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.inference_mode():
+        warm = vision.model_inputs([pngs[0]])  # one small warm-up call, as the engine gets
+        model.generate(input_ids=ids[:1], attention_mask=mask[:1], mm_token_type_ids=(ids[:1] == vision.image_token_id
+                       ).int(), max_new_tokens=4, pad_token_id=pad, **warm)
+        start = time.perf_counter()  # image processing counts, as on the engine's side
+        inputs = [vision.model_inputs([png]) for png in pngs]
+        out = model.generate(input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == vision.image_token_id).int(),
+                             pixel_values=torch.cat([i["pixel_values"] for i in inputs]),
+                             image_grid_thw=torch.cat([i["image_grid_thw"] for i in inputs]),
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True, temperature=1.0,
+                             top_p=1.0, top_k=0, pad_token_id=pad)
+        seconds = time.perf_counter() - start
+    return seconds, (out.shape[1] - width) * len(prompts)
+
+
 def run_vllm(python: str, path, prompts: list[list[int]], new_tokens: int, dtype: str) -> tuple[float, int, str]:
     with tempfile.TemporaryDirectory() as tmp:
         prompt_file, out = Path(tmp) / "prompts.json", Path(tmp) / "result.json"
@@ -87,16 +160,8 @@ def run_vllm(python: str, path, prompts: list[list[int]], new_tokens: int, dtype
     return result["seconds"], result["output_tokens"], result["engine"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--dtypes", default="bfloat16,float32")
-    parser.add_argument("--sequential", type=int, default=8, help="prompts for the one-at-a-time baseline (0: skip)")
-    parser.add_argument("--vllm-python", default=None, help="python of a virtual environment with vllm-cpu")
-    args = parser.parse_args()
-
+def text_rows(args) -> list[tuple]:
+    """The GSM8K rows: transformers batched and one at a time, the engine, vLLM."""
     from transformers import AutoModelForCausalLM
 
     from rlpost.dtypes import torch_dtype
@@ -128,6 +193,39 @@ def main() -> None:
                 rows.append((name, dtype, tokens, seconds, tokens / seconds, tokens / seconds / base))
             except subprocess.CalledProcessError as e:
                 rows.append((f"vllm-cpu failed ({e.returncode})", dtype, 0, 0.0, 0.0, 0.0))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument("--sequential", type=int, default=8, help="prompts for the one-at-a-time baseline (0: skip)")
+    parser.add_argument("--vllm-python", default=None, help="python of a virtual environment with vllm-cpu")
+    parser.add_argument("--image-prompts", type=int, default=0, help="geometry figures for the image-prompt row")
+    parser.add_argument("--vl-model", default="qwen2.5-coder-0.5b-vl")
+    args = parser.parse_args()
+
+    from rlpost.models.hf import resolve_model_path
+
+    rows = []
+    if args.prompts:  # --prompts 0: the image-prompt row alone
+        rows += text_rows(args)
+    if args.image_prompts:
+        vl_path = resolve_model_path(args.vl_model)
+        image_ids, pngs = geometry_prompts(vl_path, args.image_prompts)
+        lengths = [len(p) for p in image_ids]
+        print(f"{args.vl_model}: {len(image_ids)} image prompts ({min(lengths)}-{max(lengths)} tokens with the image)")
+        for dtype in args.dtypes.split(","):
+            base_s, base_tokens = run_transformers_images(vl_path, image_ids, pngs, args.new_tokens, dtype)
+            base = base_tokens / base_s
+            rows.append(("transformers generate, image prompts, batched (baseline)", dtype, base_tokens, base_s,
+                         base, 1.0))
+            seconds, tokens = run_engine_images(vl_path, image_ids, pngs, args.new_tokens, dtype)
+            rows.append(("rlpost engine, image prompts", dtype, tokens, seconds, tokens / seconds,
+                         tokens / seconds / base))
     print("\n| engine | dtype | output tokens | seconds | tokens/s | vs transformers |")
     print("|---|---|---:|---:|---:|---:|")
     for name, dtype, tokens, seconds, rate, ratio in rows:

@@ -53,8 +53,8 @@ def png(width=56, height=42) -> bytes:
 ])
 def test_geo3k_reward_is_verls_rule(response, truth, score):
     assert compute_score(response, truth) == pytest.approx(score)
-    scores, _ = RewardScorer().score([response], ["hiyouga/geometry3k"], [truth])
-    assert scores == [pytest.approx(score)]
+    scores, extras = RewardScorer().score([response], ["hiyouga/geometry3k"], [truth])
+    assert scores == [pytest.approx(score)] and extras[0]["acc"] == (score >= 0.9)
 
 
 def test_verls_geo3k_tool_class_runs_as_rlposts(tmp_path):
@@ -177,3 +177,28 @@ def test_valid_image_rows_for_a_text_only_model_fail_naming_the_row(tmp_path, to
     with pytest.raises(RowError, match=r"train.parquet row 0: field 'images' holds 1 image\(s\), but the model is "
                                        r"text-only"):
         RLDataset([tmp_path / "train.parquet"], tokenizer, max_prompt_length=400)
+
+
+def test_a_vl_model_reads_geo3k_rows_with_their_image_tokens(tmp_path):
+    """Through the VL chat template and image processor: each figure becomes its run of image tokens (counted against
+    max_prompt_length), and a collated batch carries the figure for the servers and the pixels for the actor."""
+    from transformers import AutoTokenizer
+
+    from rlpost.data.collate import collate
+    from rlpost.data.images import PromptVision
+    from rlpost.models.mrope import image_tokens
+    from rlpost.testing.tiny_models import make_tiny_vl_checkpoint
+
+    model = make_tiny_vl_checkpoint(tmp_path / "m")
+    vision, tokenizer = PromptVision.for_model(model), AutoTokenizer.from_pretrained(model)
+    geometry3k.build_default(tmp_path / "d", 6, 1, 0)
+    data = RLDataset([tmp_path / "d" / "train.parquet"], tokenizer, 400, vision=vision)
+    batch = collate(data.samples[:3], tokenizer.pad_token_id, vision)
+    for sample, inputs, uris in zip(data.samples, batch["multi_modal_inputs"], batch["image_data"]):
+        (grid,) = inputs["image_grid_thw"].tolist()
+        assert sample.prompt_ids.count(vision.image_token_id) == image_tokens(grid, 2) > 1
+        assert inputs["pixel_values"].shape[0] == grid[0] * grid[1] * grid[2]
+        assert len(uris) == 1 and uris[0].startswith("data:image;base64,")
+    with pytest.raises(RowError, match=r"image tokens included; a prompt with images is not cut"):
+        RLDataset([tmp_path / "d" / "train.parquet"], tokenizer, 40, vision=vision, filter_overlong=False,
+                  truncation="left")

@@ -100,3 +100,37 @@ def test_console_script_and_module_help():
     for cmd in ([str(script), "--help"], [sys.executable, "-m", "rlpost.cli", "--help"]):
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         assert "preprocess" in out and "config" in out and "convert" in out
+
+
+def test_a_vl_model_built_from_a_text_model_keeps_its_language_model(tmp_path):
+    """vl_from_text: transformers loads the result as Qwen2_5_VLForConditionalGeneration, its text logits are the
+    text model's exactly, the tower is seeded, and the image processor has the pinned pixel bounds."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    from rlpost.models.image_inputs import load_image_processor
+    from rlpost.models.vl_from_text import vl_from_text
+    from rlpost.testing.tiny_models import VISION_TOKENS
+
+    text = make_tiny_checkpoint("qwen2", tmp_path / "text", seed=3, initializer_range=0.2)
+    tokenizer = AutoTokenizer.from_pretrained(text)
+    tokenizer.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
+    tokenizer.save_pretrained(text)
+    vision = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=64, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1], in_channels=3)
+    a = vl_from_text(text, tmp_path / "a", vision=vision, min_pixels=3136, max_pixels=50176, seed=1)
+    b = vl_from_text(text, tmp_path / "b", vision=vision, min_pixels=3136, max_pixels=50176, seed=1)
+    config = json.loads((a / "config.json").read_text())
+    assert config["text_config"]["rope_parameters"]["mrope_section"] == [2, 3, 3]
+    assert config["image_token_id"] == tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    vl = Qwen2_5_VLForConditionalGeneration.from_pretrained(a, dtype=torch.float32).eval()
+    lm = AutoModelForCausalLM.from_pretrained(text, dtype=torch.float32).eval()
+    ids = torch.randint(0, 500, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(vl(input_ids=ids).logits, lm(input_ids=ids).logits)
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()  # seeded tower
+    processor = load_image_processor(a)
+    assert (processor.size["shortest_edge"], processor.size["longest_edge"]) == (3136, 50176)
+    assert "<|vision_start|><|image_pad|><|vision_end|>" in AutoTokenizer.from_pretrained(a).apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x?"}]}], tokenize=False)

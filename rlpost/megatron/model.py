@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from rlpost.models.megatron_config import build_gpt_model, transformer_config, use_transformer_engine
 from rlpost.models.safetensors_dir import SafetensorsDir
+from rlpost.models.vision import text_config
 from rlpost.models.weights import ModelDims, hf_to_megatron_shard, megatron_to_hf, padded_vocab, stage_layers
 
 
@@ -74,7 +75,7 @@ def build_stage(hf_dir: str | Path, dtype: str = "float32", load_weights: bool =
     tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
     config = transformer_config(hf_config, tp, pp, dtype, **config_overrides)
     if value_head:
-        hf_config.tie_word_embeddings = False  # the critic has no LM head to tie
+        hf_config.tie_word_embeddings = text_config(hf_config).tie_word_embeddings = False  # no LM head to tie
     dims = ModelDims.from_hf_config(hf_config)
     module = build_gpt_model(hf_config, config, pre_process=ps.is_pipeline_first_stage(),
                              post_process=ps.is_pipeline_last_stage())

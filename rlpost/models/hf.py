@@ -7,14 +7,16 @@ from pathlib import Path
 
 from rlpost.assets import cache_dir
 from rlpost.models.gguf import MODEL_ASSETS, asset_dir, asset_gguf, gguf_dims
+from rlpost.models.vl_from_text import VL_ASSETS, vl_asset_dir
 from rlpost.models.weights import SUPPORTED_MODEL_TYPES
 from rlpost.registry import did_you_mean
 
 
 def _unknown_model(name: str) -> FileNotFoundError:
+    known = [*MODEL_ASSETS, *VL_ASSETS]
     return FileNotFoundError(
-        f"model '{name}' is neither a directory nor a known model asset{did_you_mean(name, MODEL_ASSETS)}; "
-        f"known assets: {', '.join(MODEL_ASSETS)}"
+        f"model '{name}' is neither a directory nor a known model asset{did_you_mean(name, known)}; "
+        f"known assets: {', '.join(known)}"
     )
 
 
@@ -27,13 +29,17 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
         return path
     if str(name_or_path) in MODEL_ASSETS:
         return asset_dir(str(name_or_path))
+    if str(name_or_path) in VL_ASSETS:
+        return vl_asset_dir(str(name_or_path))
     raise _unknown_model(str(name_or_path))
 
 
 def model_dims(name_or_path: str | Path) -> dict:
     """Head/layer counts for config validation, read cheaply (config.json or GGUF metadata, never weights)."""
     path = Path(name_or_path).expanduser()
-    if not path.is_dir() and str(name_or_path) in MODEL_ASSETS:
+    if not path.is_dir() and str(name_or_path) in VL_ASSETS:
+        path = vl_asset_dir(str(name_or_path))
+    elif not path.is_dir() and str(name_or_path) in MODEL_ASSETS:
         cached = cache_dir() / "models" / str(name_or_path)
         if not (cached / "config.json").is_file():
             return gguf_dims(asset_gguf(str(name_or_path)))

@@ -25,3 +25,9 @@ def compute_score(solution_str: str, ground_truth: str, use_boxed: bool = True, 
                   **_) -> float:
     return ((1.0 - format_score) * accuracy_reward(solution_str, ground_truth, use_boxed)
             + format_score * format_reward(solution_str))
+
+
+def score_and_accuracy(solution_str: str, ground_truth: str, **kwargs) -> dict:
+    """verl's score, with the boxed answer's correctness alone as `acc` (validation reports it)."""
+    return {"score": compute_score(solution_str, ground_truth, **kwargs),
+            "acc": accuracy_reward(solution_str, ground_truth, kwargs.get("use_boxed", True))}

@@ -15,7 +15,7 @@ from rlpost.rewards import arithmetic, geo3k, gsm8k, search_r1
 REWARD_FUNCTIONS: Registry = Registry("reward data_source")
 REWARD_FUNCTIONS.register("openai/gsm8k", "gsm8k", "reasoning_gym/gsm_symbolic")(gsm8k.compute_score)
 REWARD_FUNCTIONS.register("reasoning_gym/chain_sum")(arithmetic.compute_score)
-REWARD_FUNCTIONS.register("hiyouga/geometry3k")(geo3k.compute_score)
+REWARD_FUNCTIONS.register("hiyouga/geometry3k")(geo3k.score_and_accuracy)
 # the data sources verl's default_compute_score sends to search_r1_like_qa_em, and rlpost's offline set
 SEARCH_R1_SOURCES = ("searchR1_nq", "searchR1_triviaqa", "searchR1_popqa", "searchR1_hotpotqa",
                      "searchR1_2wikimultihopqa", "searchR1_musique", "searchR1_bamboogle",

@@ -179,8 +179,8 @@ def make_tiny_vl_checkpoint(out_dir: str | Path, seed: int = 0, vocab_size: int 
 
     tokenizer = tiny_vl_tokenizer(vocab_size)
     config = tiny_vl_config(len(tokenizer), tokenizer, **text_overrides)
-    config.text_config.eos_token_id = config.eos_token_id = tokenizer.eos_token_id
-    config.text_config.pad_token_id = config.pad_token_id = tokenizer.pad_token_id
+    config.text_config.eos_token_id = tokenizer.eos_token_id  # transformers 5 keeps them in text_config only
+    config.text_config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
     out = Path(out_dir)

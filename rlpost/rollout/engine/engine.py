@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from rlpost.models.vision import text_config
 from rlpost.rollout.engine.images import ImagePreparer
 from rlpost.rollout.engine.kv_cache import KVCache
 from rlpost.rollout.engine.model import DecoderLM, PrefillSegment
@@ -67,7 +68,8 @@ class Engine:
             model_path, self.model.image_token_id, self.model.dims.vision.merge)
         eos = set()
         generation_config = Path(model_path) / "generation_config.json"
-        sources = [self.model.config.eos_token_id]
+        config = self.model.config
+        sources = [getattr(config, "eos_token_id", None), getattr(text_config(config), "eos_token_id", None)]
         if generation_config.is_file():  # Qwen2.5-Instruct stops on <|endoftext|> only through this file
             sources.append(json.loads(generation_config.read_text()).get("eos_token_id"))
         for ids in sources:
