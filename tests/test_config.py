@@ -191,7 +191,7 @@ def test_missing_files_and_models(tmp_path):
         "reward.custom_function = 'fn.py': expected 'path/to/file.py:function_name'",
         "trainer.resume = 'ckpt/none': expected 'auto', 'disable' or an existing checkpoint path",
         "actor.model_path = 'no/such/model': model 'no/such/model' is neither a directory nor a known model asset; "
-        "known assets: smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct",
+        "known assets: smollm2-135m-instruct, qwen2.5-coder-0.5b-instruct, qwen2.5-coder-0.5b-vl",
     ]
 
 

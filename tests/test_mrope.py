@@ -97,3 +97,14 @@ def test_an_image_token_the_policy_sampled_is_text():
     assert positions.tolist() == [[0, 1, 1, 1, 1, 3, 4, 5], [0, 1, 1, 2, 2, 3, 4, 5], [0, 1, 2, 1, 2, 3, 4, 5]]
     with pytest.raises(ValueError, match="belongs to no image"):
         mrope_positions(ids, [(1, 4, 4)], 9, 2)
+
+
+def test_image_runs_collapse_to_the_one_pad_per_image_sglang_expands():
+    from rlpost.models.image_inputs import collapse_image_pads, expand_image_pads
+
+    start, end, pad = 7, 8, 9
+    expanded = [1, start, pad, pad, pad, pad, end, 2, start, pad, end, pad, 3]  # the last pad: sampled, text
+    compact = collapse_image_pads(expanded, pad)
+    assert compact == [1, start, pad, end, 2, start, pad, end, pad, 3]
+    assert expand_image_pads([1, start, pad, end, 2, start, pad, end, 3], [4, 1], pad) == \
+        [1, start, pad, pad, pad, pad, end, 2, start, pad, end, 3]

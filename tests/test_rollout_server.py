@@ -404,6 +404,9 @@ def test_launcher_commands_and_failure_report(tmp_path):
                  ("--tool-call-parser", "qwen25"), ("--model-path", "/models/qwen")]:
         assert cmd[cmd.index(pair[0]) + 1] == pair[1]
     assert "--enable-memory-saver" in cmd
+    # image prompts go as token ids with one pad per image: SGLang must keep them, not re-tokenise
+    assert ServerProcess(spec).env["SGLANG_MM_AVOID_RETOKENIZE"] == "1"
+    assert ServerProcess(ServerSpec("m")).env is None
     with pytest.raises(ValueError, match="tp_size 1"):
         server_command(ServerSpec("m", tp_size=2))
     broken = ServerProcess(ServerSpec(str(tmp_path / "missing"), port=free_port()), tmp_path / "broken.log")

@@ -45,3 +45,14 @@ def expand_image_pads(input_ids: Sequence[int], tokens_per_image: Sequence[int],
         return list(input_ids)
     raise ValueError(f"the prompt has {pads} image token(s) for {len(tokens_per_image)} image(s): mark each image "
                      f"with one <|image_pad|> (or its full run of {list(tokens_per_image)} pads)")
+
+
+def collapse_image_pads(input_ids: Sequence[int], image_token_id: int) -> list[int]:
+    """Each run of image tokens -> one: the form SGLang expands (with SGLANG_MM_AVOID_RETOKENIZE, keeping the other
+    ids as they are). A run is one image because the chat template puts <|vision_start|> and <|vision_end|> around
+    each."""
+    out = []
+    for i, t in enumerate(input_ids):
+        if t != image_token_id or i == 0 or input_ids[i - 1] != image_token_id:
+            out.append(t)
+    return out

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rlpost.batch import Batch
+from rlpost.models.image_inputs import collapse_image_pads
 from rlpost.rollout.client import SGLangClient
 
 
@@ -54,24 +55,29 @@ def parse_answer(answer: dict) -> tuple[list[int], list[float], str]:
 
 async def generate(client: SGLangClient, prompts: Batch, *, n: int, sampling: dict, max_new_tokens: int,
                    seed: int | None = None, key: tuple = (), on_prompt_done: Callable[[], object] | None = None,
-                   ) -> list[Sample]:
+                   image_token_id: int | None = None) -> list[Sample]:
     """n samples per prompt (one request per prompt, so servers share the load); samples of a prompt are adjacent.
     Sample k of a prompt is seeded from (seed, *key, uid, k) and asked for as its own entry of a batch request:
     SGLang replicates one request's sampling params (its seed too) across its n copies, so a seeded `n` would
-    sample n identical responses. on_prompt_done is called as each prompt's samples arrive (a progress bar)."""
+    sample n identical responses. on_prompt_done is called as each prompt's samples arrive (a progress bar).
+
+    A prompt with images is sent with one <|image_pad|> per image and SGLang's image_data; the server expands each
+    pad to its image's run, which the sample's prompt ids already hold."""
     ids, per_sample = prompt_token_ids(prompts), prompts.fields
     images = per_sample.get("image_data") or [[] for _ in ids]  # SGLang's image_data, per prompt
 
     async def one(i: int) -> list[Sample]:
         params = {**sampling, "max_new_tokens": max_new_tokens}
+        sent, extra = ids[i], {}
+        if images[i]:
+            sent = collapse_image_pads(ids[i], image_token_id)
+            extra = {"image_data": images[i] if seed is None else [images[i]] * n}
         if seed is None:
-            extra = {"image_data": images[i]} if images[i] else {}
-            answer = await client.generate(ids[i], {**params, "n": n}, return_logprob=True, **extra)
+            answer = await client.generate(sent, {**params, "n": n}, return_logprob=True, **extra)
         else:
-            extra = {"image_data": [images[i]] * n} if images[i] else {}
             answer = await client.generate(
-                [ids[i]] * n, [{**params, "sampling_seed": sample_seed(seed, *key, per_sample["uid"][i], k)}
-                               for k in range(n)], return_logprob=True, **extra)
+                [sent] * n, [{**params, "sampling_seed": sample_seed(seed, *key, per_sample["uid"][i], k)}
+                             for k in range(n)], return_logprob=True, **extra)
         answers = answer if isinstance(answer, list) else [answer]
         if len(answers) != n:
             raise RuntimeError(f"asked for {n} samples of prompt {i}, the server answered {len(answers)}")

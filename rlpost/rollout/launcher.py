@@ -11,6 +11,10 @@ from pathlib import Path
 
 from rlpost.service_process import ServiceProcess
 
+# A multimodal prompt sent as token ids keeps its ids, each image's one <|image_pad|> expanded to its run, instead of
+# being decoded and re-tokenised (which can drift from the trainer's ids); SGLang versions without it ignore it
+SGLANG_ENV = {"SGLANG_MM_AVOID_RETOKENIZE": "1"}
+
 
 @dataclass
 class ServerSpec:
@@ -66,6 +70,8 @@ class ServerProcess(ServiceProcess):
     """One rollout server process and its log; a context manager that always stops what it started."""
 
     def __init__(self, spec: ServerSpec, log_path: str | Path | None = None, env: dict | None = None):
+        if spec.engine == "sglang":
+            env = {**SGLANG_ENV, **(env or {})}
         super().__init__(log_path, env, log_prefix="rlpost-server-")
         self.spec = spec
 

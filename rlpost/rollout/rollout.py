@@ -25,6 +25,7 @@ from rlpost.tools import load_interactions, load_tools, openai_schemas
 Timer = Callable[[str], AbstractContextManager]  # timer("phase") times the block under that name
 Reward = Callable[[list[str], list[dict], list[int]], list[dict]]  # rlpost.rewards.reward.Reward
 _MEMORY = ["kv_cache"]  # what the hybrid engine hands back while training
+IMAGE_PAD = "<|image_pad|>"  # Qwen2.5-VL's image token
 
 
 class Rollout:
@@ -127,7 +128,7 @@ class Rollout:
         else:
             work = generate(self.client, prompts, n=sampling.n, sampling=params,
                             max_new_tokens=cfg.data.max_response_length, seed=cfg.trainer.seed, key=key,
-                            on_prompt_done=done)
+                            on_prompt_done=done, image_token_id=self.tokenizer.convert_tokens_to_ids(IMAGE_PAD))
         try:
             with self._engine_memory():
                 return self.loop.run_until_complete(work)
