@@ -3,6 +3,7 @@ own reader) and an offline W&B run (its summary, and the values in the run file 
 
 import json
 import os
+import time
 
 from rlpost.trainer.tracking import Tracker
 
@@ -35,10 +36,17 @@ def test_wandb_runs_offline_with_config_and_history(tmp_path, monkeypatch):
     assert run.config["actor"]["optim"]["lr"] == 1e-5 and run.project == "proj" and run.name == "exp"
     assert run.summary["reward/mean"] == 0.75 and run.summary["_step"] == 2
     tracker.close()
-    # the offline run file (synced later by `wandb sync`) holds every logged value
+    # the offline run file (synced later by `wandb sync`) holds every logged value; wandb's service process may still
+    # be writing it when finish returns on a loaded machine, so it gets a few seconds
     [record] = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    data = record.read_bytes()
-    assert all(key.encode() in data for key in STEPS[1]) and b"0.25" in data and b"0.75" in data
+    deadline = time.monotonic() + 15
+    while True:
+        data = record.read_bytes()
+        complete = all(key.encode() in data for key in STEPS[1]) and b"0.25" in data and b"0.75" in data
+        if complete or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert complete
 
 
 def test_console_shows_short_names(tmp_path, capsys):

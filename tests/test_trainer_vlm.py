@@ -18,9 +18,10 @@ def test_grpo_on_image_prompts_trains_and_syncs_the_vision_tower(tmp_path):
     from rlpost.trainer.ppo import PPOTrainer
 
     model = make_tiny_vl_checkpoint(tmp_path / "model", seed=5)
-    train, _ = geometry3k.build_default(tmp_path / "data", 8, 1, seed=0)
+    train, test = geometry3k.build_default(tmp_path / "data", 8, 1, seed=0)
     cfg = load_config(None, [
-        f"actor.model_path={model}", f"data.train_files=[{train}]", "data.max_prompt_length=400",
+        f"actor.model_path={model}", f"data.train_files=[{train}]", f"data.val_files=[{test}]",
+        "data.max_prompt_length=400",
         "data.max_response_length=12", "data.train_batch_size=4", "actor.ppo_mini_batch_size=4",
         "actor.micro_batch_size=4", "actor.optim.lr=1e-3", "rollout.sampling.n=2", "rollout.dtype=float32",
         "rollout.max_num_seqs=16", "trainer.logger=[jsonl]", f"trainer.output_dir={tmp_path / 'runs'}",
