@@ -11,7 +11,7 @@ from PIL import Image
 
 from rlpost.cli import main
 from rlpost.data.dataset import RLDataset
-from rlpost.data.images import check_placeholders, load_image, to_content_parts
+from rlpost.data.images import check_placeholders, decode, image_bytes, to_content_parts
 from rlpost.data.io import read_rows, write_rows
 from rlpost.data.preprocess import geometry3k
 from rlpost.data.schema import RowError
@@ -34,6 +34,10 @@ GEO3K_TOOL = """tools:
             answer: {type: string, description: "The answer to the question, enclosed in \\\\boxed{}"}
           required: [answer]
 """
+
+
+def load_image(entry, source, row, field, base_dir=None):
+    return decode(image_bytes(entry, source, row, field, base_dir), source, row, field)
 
 
 def png(width=56, height=42) -> bytes:

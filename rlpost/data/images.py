@@ -89,11 +89,6 @@ def decode(data: bytes, source: str, row: int, field: str):
         raise RowError(source, row, field, f"is not a readable image: {type(e).__name__}: {e}") from None
 
 
-def load_image(entry: Any, source: str, row: int, field: str, base_dir: Path | None = None):
-    """One row image -> RGB, checked."""
-    return decode(image_bytes(entry, source, row, field, base_dir), source, row, field)
-
-
 def data_uri(data: bytes) -> str:
     """How an image travels to a rollout server (SGLang's image_data accepts data URIs)."""
     return "data:image;base64," + base64.b64encode(data).decode("ascii")
@@ -122,10 +117,8 @@ class PromptVision:
                    int(config.vision_config.spatial_merge_size))
 
     def tokens_per_image(self, images: list) -> list[int]:
-        from rlpost.models.image_inputs import process_images
-        from rlpost.models.mrope import image_tokens
-
-        return [image_tokens(g, self.merge) for g in process_images(self.processor, images)[1]]
+        """From each image's size by the processor's own resize rule, without computing its pixels."""
+        return [self.processor.get_number_of_image_patches(im.height, im.width) // self.merge ** 2 for im in images]
 
     def model_inputs(self, encoded: list[bytes]) -> dict:
         """{pixel_values, image_grid_thw} of one sample's images (encoded, already checked when the dataset was

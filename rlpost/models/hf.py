@@ -38,7 +38,10 @@ def model_dims(name_or_path: str | Path) -> dict:
     """Head/layer counts for config validation, read cheaply (config.json or GGUF metadata, never weights)."""
     path = Path(name_or_path).expanduser()
     if not path.is_dir() and str(name_or_path) in VL_ASSETS:
-        path = vl_asset_dir(str(name_or_path))
+        cached = cache_dir() / "models" / str(name_or_path)
+        if not (cached / "config.json").is_file():  # its language model's dims, without assembling it
+            return {**model_dims(VL_ASSETS[str(name_or_path)]["text"]), "model_type": "qwen2_5_vl"}
+        path = cached
     elif not path.is_dir() and str(name_or_path) in MODEL_ASSETS:
         cached = cache_dir() / "models" / str(name_or_path)
         if not (cached / "config.json").is_file():

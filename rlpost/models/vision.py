@@ -16,19 +16,20 @@ VISION_MODEL_TYPES = ("qwen2_5_vl",)
 PREFIX = "visual."  # HF's (and rlpost's megatron model's) name for the tower
 
 
-def _get(config, key, default=None):
+def config_get(config, key, default=None):
+    """A setting of an HF config object or of its config.json as a dict."""
     return config.get(key, default) if isinstance(config, Mapping) else getattr(config, key, default)
 
 
 def is_vision_language(config) -> bool:
-    return _get(config, "model_type") in VISION_MODEL_TYPES
+    return config_get(config, "model_type") in VISION_MODEL_TYPES
 
 
 def text_config(config):
     """The language model's settings: Hub checkpoints keep them at the top level, transformers 5 in text_config."""
     if not is_vision_language(config):
         return config
-    text = _get(config, "text_config")
+    text = config_get(config, "text_config")
     if isinstance(config, Mapping):
         return {**config, **(text or {}), "model_type": "qwen2"}
     return text if text is not None else config
@@ -37,7 +38,7 @@ def text_config(config):
 def mrope_section(config) -> list[int]:
     text = text_config(config)
     for key in ("rope_parameters", "rope_scaling"):
-        section = (_get(text, key) or {}).get("mrope_section")
+        section = (config_get(text, key) or {}).get("mrope_section")
         if section:
             return [int(s) for s in section]
     raise ValueError("a Qwen2.5-VL config needs rope_scaling.mrope_section (the temporal, height and width shares "
@@ -58,14 +59,14 @@ class VisionDims:
 
     @classmethod
     def from_hf_config(cls, config) -> VisionDims:
-        v = _get(config, "vision_config")
+        v = config_get(config, "vision_config")
         if v is None:
             raise ValueError("a Qwen2.5-VL config needs vision_config")
-        return cls(depth=_get(v, "depth"), hidden=_get(v, "hidden_size"), heads=_get(v, "num_heads"),
-                   intermediate=_get(v, "intermediate_size"), out_hidden=_get(v, "out_hidden_size"),
-                   patch=_get(v, "patch_size", 14), temporal_patch=_get(v, "temporal_patch_size", 2),
-                   merge=_get(v, "spatial_merge_size", 2),
-                   in_channels=_get(v, "in_channels", _get(v, "in_chans", 3)))
+        return cls(depth=config_get(v, "depth"), hidden=config_get(v, "hidden_size"), heads=config_get(v, "num_heads"),
+                   intermediate=config_get(v, "intermediate_size"), out_hidden=config_get(v, "out_hidden_size"),
+                   patch=config_get(v, "patch_size", 14), temporal_patch=config_get(v, "temporal_patch_size", 2),
+                   merge=config_get(v, "spatial_merge_size", 2),
+                   in_channels=config_get(v, "in_channels", config_get(v, "in_chans", 3)))
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor of the tower by HF name."""

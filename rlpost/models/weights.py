@@ -10,14 +10,15 @@ tensor parallelism, so the forward conversion and its streaming inverse cannot d
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from rlpost.models.vision import PREFIX as VISION_PREFIX
-from rlpost.models.vision import VISION_MODEL_TYPES, VisionDims, is_vision_language, text_config
+from rlpost.models.vision import VISION_MODEL_TYPES, VisionDims, config_get, is_vision_language, text_config
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 SPECS = ("local", "te")
@@ -47,7 +48,7 @@ class ModelDims:
     def from_hf_config(cls, config) -> ModelDims:
         vision = VisionDims.from_hf_config(config) if is_vision_language(config) else None
         config = text_config(config)
-        get = config.get if isinstance(config, Mapping) else lambda k, d=None: getattr(config, k, d)
+        get = functools.partial(config_get, config)
         model_type = "qwen2" if vision else get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             supported = ", ".join(SUPPORTED_MODEL_TYPES + VISION_MODEL_TYPES)

@@ -3,6 +3,7 @@ on arrival so a bad request is refused with a message instead of failing inside 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -153,9 +154,10 @@ class Request:
         after = torch.arange(max(start, n_in), max(end, n_in)) + self.rope_delta
         return torch.cat([prompt[:, start:min(end, n_in)], after.expand(3, -1)], dim=1)
 
-    @property
+    @functools.cached_property
     def rope_delta(self) -> int:
-        """How far a text token's position is from its slot after the prompt's images (0 without images)."""
+        """How far a text token's position is from its slot after the prompt's images (0 without images); read
+        every decode step, computed once."""
         if self.rope_positions is None:
             return 0
         return int(self.rope_positions.max()) + 1 - len(self.input_ids)
