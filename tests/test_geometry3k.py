@@ -98,6 +98,7 @@ def test_preprocess_writes_verls_geo3k_rows_with_computed_answers(tmp_path):
     assert set(row) == {"data_source", "prompt", "images", "ability", "reward_model", "extra_info"}
     assert row["data_source"] == "hiyouga/geometry3k" and row["ability"] == "math"
     assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+    assert '{"name": "calc_geo3k_reward", "arguments": {"answer": ' in row["prompt"][0]["content"]  # the call itself
     assert row["prompt"][1]["content"].startswith("<image>") and "\\boxed{}" in row["prompt"][1]["content"]
     truth = row["reward_model"]["ground_truth"]
     assert row["extra_info"]["tools_kwargs"] == {"calc_geo3k_reward": {"create_kwargs": {"ground_truth": truth}}}

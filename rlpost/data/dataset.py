@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class PromptSample:
     uid: str  # "file:row", stable across runs; every sample generated from this prompt shares it
     data_source: str
-    messages: list[dict]
+    messages: list[dict]  # with a vision-language model, image placeholders are content parts
     ground_truth: Any
     prompt_ids: list[int]
     ability: str = ""
@@ -84,12 +84,11 @@ class RLDataset:
                 raise RowError(str(path), first, image_key, f"holds {len(rows[first]['images'])} image(s), but the "
                                f"model is text-only, so the images would be dropped without a word; use a "
                                f"vision-language model (Qwen2.5-VL) or text-only rows")
-            texts = [
-                tokenizer.apply_chat_template(to_content_parts(r["prompt"], str(path), i, prompt_key) if vision
-                                              else r["prompt"], tools=tools, add_generation_prompt=True,
-                                              tokenize=False)
-                for i, r in enumerate(rows)
-            ]
+            # a vision-language model's chat template takes images as content parts; the agent loop renders these
+            messages = [to_content_parts(r["prompt"], str(path), i, prompt_key) if vision else r["prompt"]
+                        for i, r in enumerate(rows)]
+            texts = [tokenizer.apply_chat_template(m, tools=tools, add_generation_prompt=True, tokenize=False)
+                     for m in messages]
             ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
             if vision:
                 ids = [expand_image_pads(row_ids, tokens, vision.image_token_id) if tokens else row_ids
@@ -107,7 +106,7 @@ class RLDataset:
                     keep = slice(-max_prompt_length, None) if truncation == "left" else slice(max_prompt_length)
                     prompt_ids = prompt_ids[keep]
                 self.samples.append(PromptSample(
-                    uid=f"{path}:{i}", data_source=row["data_source"], messages=row["prompt"],
+                    uid=f"{path}:{i}", data_source=row["data_source"], messages=messages[i],
                     ground_truth=row["reward_model"]["ground_truth"], prompt_ids=list(prompt_ids),
                     ability=row["ability"], extra_info=row["extra_info"], images=images[i],
                 ))

@@ -70,23 +70,56 @@ def image_bytes(entry: Any, source: str, row: int, field: str, base_dir: Path | 
                        ) from None
 
 
-def decode(data: bytes, source: str, row: int, field: str):
-    """Encoded bytes -> an RGB PIL image, size-checked."""
+def open_image(data: bytes):
+    """Encoded bytes -> an RGB PIL image, size-checked; a ValueError says what is wrong with it."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
-                raise RowError(source, row, field, f"is {width}x{height} pixels, more than {MAX_PIXELS}")
+                raise ValueError(f"is {width}x{height} pixels, more than {MAX_PIXELS}")
             if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-                raise RowError(source, row, field, f"is {width}x{height} pixels: an aspect ratio above "
-                               f"{MAX_ASPECT_RATIO} cannot be resized for the vision encoder")
+                raise ValueError(f"is {width}x{height} pixels: an aspect ratio above {MAX_ASPECT_RATIO} cannot be "
+                                 f"resized for the vision encoder")
             return image.convert("RGB")
-    except RowError:
-        raise
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise RowError(source, row, field, f"is not a readable image: {type(e).__name__}: {e}") from None
+    except (OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f"is not a readable image: {type(e).__name__}: {e}") from None
+
+
+def decode(data: bytes, source: str, row: int, field: str):
+    """A row's image, opened; errors name the file, row and field."""
+    try:
+        return open_image(data)
+    except ValueError as e:
+        raise RowError(source, row, field, str(e)) from None
+
+
+def tool_image(image: Any, tool: str, index: int) -> bytes:
+    """An image a tool returned (ToolResponse.image: a PIL image, encoded bytes, {bytes} or {path}, or a path) ->
+    its encoded bytes, checked as a row's image is."""
+    what = f"tool '{tool}' returned image {index}"
+    if isinstance(image, dict):
+        image = image.get("bytes") if image.get("bytes") is not None else image.get("path")
+    if hasattr(image, "save"):  # a PIL image
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        data = out.getvalue()
+    elif isinstance(image, bytes):
+        data = image
+    elif isinstance(image, str | Path):
+        try:
+            data = Path(image).read_bytes()
+        except OSError as e:
+            raise ValueError(f"{what} as the file '{image}', which cannot be read: {e}") from None
+    else:
+        raise ValueError(f"{what} as {type(image).__name__}; expected a PIL image, encoded bytes, {{'bytes': ...}}, "
+                         f"{{'path': ...}} or a file path")
+    try:
+        open_image(data)
+    except ValueError as e:
+        raise ValueError(f"{what}, which {e}") from None
+    return data
 
 
 def data_uri(data: bytes) -> str:

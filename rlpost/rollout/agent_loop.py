@@ -10,6 +10,12 @@ data.max_response_length bounds everything after the prompt, all turns together;
 the trajectory. Tools live for the whole trajectory: `create` with the sample's tools_kwargs[name].create_kwargs,
 `execute` per call with execute_kwargs, `calc_reward` and `release` at the end (calc_reward_kwargs,
 release_kwargs); an interaction is chosen by interaction_kwargs.name.
+
+Images (a vision-language model): the prompt's and those tools return (ToolResponse.image) are content parts of
+their messages, so the conversation's ids hold one <|image_pad|> per image, the form the servers expand with
+`image_data`. The finished sample has each image's full run of pads and all its images' model inputs, in order;
+image tokens count against the response budget. A turn in which the policy wrote <|image_pad|> itself ends the
+trajectory: the next request would hold more pads than images.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from rlpost.batch import Batch
+from rlpost.data.images import PromptVision, data_uri, open_image, tool_image
 from rlpost.registry import did_you_mean
 from rlpost.rollout.chat import ChatTokens
 from rlpost.rollout.client import SGLangClient
@@ -58,7 +67,8 @@ class Trajectory:
     """One sample's conversation with its tools and interaction."""
 
     def __init__(self, client: SGLangClient, tokenizer, messages: list[dict], *, tools: dict[str, Any],
-                 interaction, fields: dict, settings: AgentSettings, sampling: dict):
+                 interaction, fields: dict, settings: AgentSettings, sampling: dict,
+                 vision: PromptVision | None = None):
         self.client, self.tokenizer, self.tools, self.interaction = client, tokenizer, tools, interaction
         self.fields, self.settings, self.sampling = fields, settings, sampling
         self.chat = ChatTokens(tokenizer, messages, tools=openai_schemas(tools))
@@ -73,10 +83,14 @@ class Trajectory:
         self.tool_calls = 0
         self.finish_reason = "stop"
         self.id = str(uuid.uuid4())
+        self.vision = vision
+        self.image_data = list(fields.get("image_data") or [])  # every image so far, as the servers take them
+        self.tool_images: list[bytes] = []
+        self.extra_image_tokens = 0  # tool images' tokens beyond the one pad each that chat.ids holds
 
     @property
     def response_tokens(self) -> int:
-        return len(self.chat.ids) - self.chat.prompt_length
+        return len(self.chat.ids) - self.chat.prompt_length + self.extra_image_tokens
 
     def _kwargs(self, tool: str, stage: str) -> dict:
         return dict((self.tools_kwargs.get(tool) or {}).get(f"{stage}_kwargs") or {})
@@ -114,15 +128,18 @@ class Trajectory:
     async def _loop(self, instances: dict[str, str]) -> None:
         s = self.settings
         while True:  # _append leaves room under the budget, so every generation has at least one token
-            text = await self._generate(s.max_response_tokens - self.response_tokens)
+            ids, text = await self._generate(s.max_response_tokens - self.response_tokens)
             out_of_turns = s.max_assistant_turns and self.assistant_turns >= s.max_assistant_turns
             if self.finish_reason != "stop" or out_of_turns:
+                return
+            if self.vision is not None and self.vision.image_token_id in ids:
                 return
             if s.max_user_turns and self.user_turns >= s.max_user_turns:  # before tools or the user act on it
                 return
             parsed = parse_tool_calls(text, self.tools.keys(), s.tool_call_format) if self.tools else None
+            images = []
             if parsed is not None and (parsed.tool_calls or parsed.errors):
-                turn = await self._call_tools(parsed, instances)
+                turn, images = await self._call_tools(parsed, instances)
             elif self.interaction is not None:
                 done, reply, score, _ = await self.interaction.generate_response(self.id, self.chat.messages,
                                                                                  **self.interaction_kwargs)
@@ -132,55 +149,76 @@ class Trajectory:
                 turn = [{"role": "user", "content": reply}]
             else:
                 return
-            if not self._append(turn):
+            if not self._append(turn, images):
                 return
 
-    async def _generate(self, budget: int) -> str:
+    async def _generate(self, budget: int) -> tuple[list[int], str]:
+        images = {"image_data": self.image_data} if self.image_data else {}
         answer = await self.client.generate(self.chat.ids, {**self.sampling, "max_new_tokens": budget, "n": 1},
-                                            return_logprob=True)
+                                            return_logprob=True, **images)
         ids, log_probs, self.finish_reason = parse_answer(answer)
         self.chat.add_generated(ids, answer["text"])
         self.log_probs += log_probs + [0.0] * (len(self.chat.ids) - len(self.log_probs) - len(ids))  # a closing eos
         self.assistant_turns += 1
-        return answer["text"]
+        return ids, answer["text"]
 
-    async def _call_tools(self, parsed, instances: dict[str, str]) -> list[dict]:
+    async def _call_tools(self, parsed, instances: dict[str, str]) -> tuple[list[dict], list[bytes]]:
         """One tool message per call or malformed call, in the order written (models match answers by position):
-        the first max_parallel_calls calls run concurrently, later ones are answered with a refusal."""
+        the first max_parallel_calls calls run concurrently, later ones are answered with a refusal. A call's
+        images come first in its message (verl's order); they are returned, encoded, in conversation order."""
         limit = self.settings.max_parallel_calls
         calls = parsed.tool_calls[:limit]
         self.tool_calls += len(calls)
         results = iter(await asyncio.gather(*(self._call(c.name, c.arguments, instances[c.name]) for c in calls)))
         refusal = f"Error: tool call not run: at most {limit} call(s) per turn."
-        out, seen = [], 0
+        messages, images, seen = [], [], 0
         for item in parsed.items:
             if isinstance(item, str):
-                out.append(item)
+                text, shown = item, []
             else:
                 seen += 1
-                out.append(next(results) if seen <= limit else refusal)
-        return [{"role": "tool", "content": text} for text in out]
+                text, shown = next(results) if seen <= limit else (refusal, [])
+            content = [{"type": "image"}] * len(shown) + [{"type": "text", "text": text}] if shown else text
+            messages.append({"role": "tool", "content": content})
+            images += shown
+        return messages, images
 
-    async def _call(self, name: str, arguments: dict, instance: str) -> str:
+    async def _call(self, name: str, arguments: dict, instance: str) -> tuple[str, list[bytes]]:
         s = self.settings
         try:
             response, reward, _ = await asyncio.wait_for(
                 self.tools[name].execute(instance, arguments, **self._kwargs(name, "execute")), s.tool_timeout_s)
         except asyncio.TimeoutError:
-            return f"Error: tool '{name}' did not answer within {s.tool_timeout_s:g} s."
+            return f"Error: tool '{name}' did not answer within {s.tool_timeout_s:g} s.", []
         except Exception as e:  # a tool's failure is the model's observation, not the rollout's crash
-            return f"Error when executing tool '{name}': {type(e).__name__}: {e}"
+            return f"Error when executing tool '{name}': {type(e).__name__}: {e}", []
         if reward is not None:
             self.tool_rewards.append(float(reward))
-        return truncate_tool_text(response.text or "", s.max_tool_response_length, s.tool_response_truncate_side)
+        text = truncate_tool_text(response.text or "", s.max_tool_response_length, s.tool_response_truncate_side)
+        shown = [image for image in response.image or [] if image is not None]
+        if shown and self.vision is None:  # the model could not see them: a configuration error, not an observation
+            raise ValueError(f"tool '{name}' returned {len(shown)} image(s), but the model is text-only; use a "
+                             f"vision-language model (Qwen2.5-VL) with this tool")
+        return text, [tool_image(image, name, k) for k, image in enumerate(shown)]
 
-    def _append(self, messages: list[dict]) -> bool:
-        """Adds a tool/user turn unless it would leave no room under the response budget."""
+    def _append(self, messages: list[dict], images: list[bytes]) -> bool:
+        """Adds a tool/user turn unless it would leave no room under the response budget (its images' full runs
+        of tokens counted)."""
         delta = self.chat.delta_ids(messages)
-        if self.response_tokens + len(delta) >= self.settings.max_response_tokens:
+        extra = 0
+        if images:
+            pads = delta.count(self.vision.image_token_id)
+            if pads != len(images):
+                raise ValueError(f"a tool turn with {len(images)} image(s) renders {pads} <|image_pad|> token(s): "
+                                 f"tool text must not contain vision tokens; turn: {messages}")
+            extra = sum(self.vision.tokens_per_image([open_image(data) for data in images])) - len(images)
+        if self.response_tokens + len(delta) + extra >= self.settings.max_response_tokens:
             self.finish_reason = "length"
             return False
         self.chat.add_messages(messages, delta)
+        self.image_data += [data_uri(data) for data in images]
+        self.tool_images += images
+        self.extra_image_tokens += extra
         self.log_probs += [0.0] * (len(self.chat.ids) - len(self.log_probs))
         self.user_turns += 1
         return True
@@ -199,8 +237,35 @@ class Trajectory:
         fields = {**self.fields, "num_turns": num_turns, "tool_calls": self.tool_calls,
                   "rollout_reward_scores": scores, "messages_out": self.chat.messages}
         text = self.tokenizer.decode(self.chat.ids[p:end], skip_special_tokens=True)
-        return Sample(self.chat.ids[:p], self.chat.ids[p:end], self.log_probs[p:end], self.chat.mask[p:end], text,
-                      self.finish_reason, fields)
+        ids, mask, log_probs = self.chat.ids[:end], self.chat.mask[:end], self.log_probs[:end]
+        if self.vision is not None:
+            inputs = self._image_inputs()
+            fields |= {"image_data": self.image_data, "multi_modal_inputs": inputs}
+            if inputs:
+                ids, mask, log_probs, p = self._expand(inputs["image_grid_thw"], ids, mask, log_probs, p)
+        return Sample(ids[:p], ids[p:], log_probs[p:], mask[p:], text, self.finish_reason, fields)
+
+    def _image_inputs(self) -> dict:
+        """{pixel_values, image_grid_thw} of the prompt's images and then the tools', in conversation order."""
+        prompt = self.fields.get("multi_modal_inputs") or {}
+        if not self.tool_images:
+            return prompt
+        tools = self.vision.model_inputs(self.tool_images)
+        return {k: torch.cat([prompt[k], v]) if prompt else v for k, v in tools.items()}
+
+    def _expand(self, grids: torch.Tensor, ids: list[int], mask: list[int], log_probs: list[float],
+                prompt_length: int) -> tuple[list[int], list[int], list[float], int]:
+        """Each image's one pad -> its run of pads (mask 0, log-prob 0); a pad the policy wrote (mask 1) is text.
+        Returns the expanded lists and the prompt's expanded length."""
+        runs = iter((grids.prod(-1) // self.vision.merge ** 2).tolist())
+        out_ids, out_mask, out_lp, out_p = [], [], [], 0
+        for i, (t, m, lp) in enumerate(zip(ids, mask, log_probs)):
+            k = next(runs) if t == self.vision.image_token_id and m == 0 else 1
+            out_ids += [t] * k
+            out_mask += [m] * k
+            out_lp += [lp] * k
+            out_p += k if i < prompt_length else 0
+        return out_ids, out_mask, out_lp, out_p
 
 
 def pick_interaction(interactions: dict[str, Any], kwargs: dict, uid: str):
@@ -222,7 +287,8 @@ def pick_interaction(interactions: dict[str, Any], kwargs: dict, uid: str):
 async def generate_multi_turn(client: SGLangClient, tokenizer, prompts: Batch, *, n: int, sampling: dict,
                               settings: AgentSettings, tools: dict[str, Any], interactions: dict[str, Any],
                               seed: int | None = None, key: tuple = (),
-                              on_sample_done: Callable[[], object] | None = None) -> list[Sample]:
+                              on_sample_done: Callable[[], object] | None = None,
+                              vision: PromptVision | None = None) -> list[Sample]:
     """n trajectories per prompt, all concurrently; samples of a prompt are adjacent, sample k of a prompt seeded
     from (seed, *key, uid, k). tools_kwargs and interaction_kwargs come from each row's extra_info (verl's layout)."""
 
@@ -236,7 +302,7 @@ async def generate_multi_turn(client: SGLangClient, tokenizer, prompts: Batch, *
         if seed is not None:
             params["sampling_seed"] = sample_seed(seed, *key, fields.get("uid"), k)
         sample = await Trajectory(client, tokenizer, fields["messages"], tools=tools, interaction=interaction,
-                                  fields=fields, settings=settings, sampling=params).run()
+                                  fields=fields, settings=settings, sampling=params, vision=vision).run()
         if on_sample_done is not None:
             on_sample_done()
         return sample

@@ -92,3 +92,10 @@ class ChatTokens:
             n = min(len(self.ids), len(full))
             return Mismatch(n, self.ids[n : n + context], full[n : n + context])
         return None
+
+
+def renders_tools(tokenizer, tools: list[dict]) -> bool:
+    """Whether the chat template writes tool schemas into the prompt (Qwen2.5-VL's, for one, does not)."""
+    probe = [{"role": "user", "content": "probe"}]
+    return (tokenizer.apply_chat_template(probe, tools=tools, tokenize=False)
+            != tokenizer.apply_chat_template(probe, tokenize=False))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
@@ -17,27 +18,33 @@ import torch
 from rlpost.batch import Batch
 from rlpost.config.derived import estimator
 from rlpost.config.schema import RLConfig, SamplingConfig
+from rlpost.data.images import PromptVision
 from rlpost.rollout.agent_loop import AgentSettings, generate_multi_turn
+from rlpost.rollout.chat import renders_tools
 from rlpost.rollout.client import SGLangClient
 from rlpost.rollout.generate import Sample, generate, to_batch
 from rlpost.tools import load_interactions, load_tools, openai_schemas
 
+log = logging.getLogger(__name__)
 Timer = Callable[[str], AbstractContextManager]  # timer("phase") times the block under that name
 Reward = Callable[[list[str], list[dict], list[int]], list[dict]]  # rlpost.rewards.reward.Reward
 _MEMORY = ["kv_cache"]  # what the hybrid engine hands back while training
-IMAGE_PAD = "<|image_pad|>"  # Qwen2.5-VL's image token
 
 
 class Rollout:
-    def __init__(self, cfg: RLConfig, tokenizer):
+    def __init__(self, cfg: RLConfig, tokenizer, vision: PromptVision | None = None):
         """Loads the tools and interactions (their schemas go into prompts, so datasets need them first); connect
-        to the servers before generating."""
-        self.cfg, self.tokenizer = cfg, tokenizer
+        to the servers before generating. `vision`: the policy's image processing, None for a text-only model."""
+        self.cfg, self.tokenizer, self.vision = cfg, tokenizer, vision
         mt = cfg.rollout.multi_turn
         self.tools = load_tools(mt.tool_config_path) if mt.enable and mt.tool_config_path else {}
         self.interactions = (load_interactions(mt.interaction_config_path)
                              if mt.enable and mt.interaction_config_path else {})
         self.tool_schemas = openai_schemas(self.tools)
+        if self.tool_schemas and not renders_tools(tokenizer, self.tool_schemas):
+            log.warning("the chat template does not write tool schemas into prompts, so the model sees only what "
+                        "the prompts themselves say about the tools %s and how to call them",
+                        [t["function"]["name"] for t in self.tool_schemas])
         self.agent = AgentSettings(
             max_response_tokens=cfg.data.max_response_length, max_assistant_turns=mt.max_assistant_turns,
             max_user_turns=mt.max_user_turns, max_parallel_calls=mt.max_parallel_calls,
@@ -124,11 +131,11 @@ class Rollout:
         if multi_turn:
             work = generate_multi_turn(self.client, self.tokenizer, prompts, n=sampling.n, sampling=params,
                                        settings=self.agent, tools=self.tools, interactions=self.interactions,
-                                       seed=cfg.trainer.seed, key=key, on_sample_done=done)
+                                       seed=cfg.trainer.seed, key=key, on_sample_done=done, vision=self.vision)
         else:
             work = generate(self.client, prompts, n=sampling.n, sampling=params,
                             max_new_tokens=cfg.data.max_response_length, seed=cfg.trainer.seed, key=key,
-                            on_prompt_done=done, image_token_id=self.tokenizer.convert_tokens_to_ids(IMAGE_PAD))
+                            on_prompt_done=done, image_token_id=self.vision.image_token_id if self.vision else None)
         try:
             with self._engine_memory():
                 return self.loop.run_until_complete(work)

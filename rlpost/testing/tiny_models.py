@@ -92,40 +92,54 @@ def make_tiny_checkpoint(arch: str, out_dir: str | Path, seed: int = 0, vocab_si
     return out
 
 
-def make_scripted_checkpoint(out_dir: str | Path, segments: list[str], seed: int = 0) -> Path:
+def make_scripted_checkpoint(out_dir: str | Path, segments: list[str], seed: int = 0, *,
+                             vision: bool = False) -> Path:
     """A tiny Qwen2 that, prompted with the chat template's generation prompt, greedily writes the segments and then
     its eos token: a deterministic stand-in for a policy that calls tools, so tool-call paths run end to end.
 
-    Each segment is one added token and the model is a bigram table (attention and MLP outputs are zero, so the
-    residual stream is the current token's embedding, a basis vector whose successor's LM-head row points along it).
+    Each segment is one added token and the model is a bigram table (the MLP outputs are zero and the current
+    token's embedding is a basis vector whose successor's LM-head row points along it). The text model's attention
+    outputs are zero too, so its log-probs are those of the table alone. `vision`: a tiny Qwen2.5-VL instead, whose
+    attention is left random and whose table is weak, so every log-prob depends on the context, images and their
+    positions included, while the greedy chain still holds.
     """
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, Qwen2_5_VLForConditionalGeneration
 
-    tokenizer = copy.deepcopy(tiny_tokenizer())
+    tokenizer = copy.deepcopy(tiny_vl_tokenizer() if vision else tiny_tokenizer())
     tokenizer.add_tokens([s for s in segments if s not in tokenizer.get_vocab()])
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
                                            tokenize=False)
     trigger = tokenizer(prompt, add_special_tokens=False)["input_ids"][-1]
     chain = [trigger] + [tokenizer.convert_tokens_to_ids(s) for s in segments] + [tokenizer.eos_token_id]
-    config = tiny_config("qwen2", len(tokenizer))
-    if len(set(chain)) != len(chain) or len(chain) > config.hidden_size:
-        raise ValueError(f"segments must be distinct, fewer than {config.hidden_size}, and differ from the prompt's "
+    config = tiny_vl_config(len(tokenizer), tokenizer) if vision else tiny_config("qwen2", len(tokenizer))
+    text = config.text_config if vision else config
+    if len(set(chain)) != len(chain) or len(chain) > text.hidden_size:
+        raise ValueError(f"segments must be distinct, fewer than {text.hidden_size}, and differ from the prompt's "
                          f"last token {tokenizer.convert_ids_to_tokens(trigger)!r}")
-    config.eos_token_id, config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    text.eos_token_id, text.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if vision:
+        model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32)
+        language_model = model.model.language_model
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        language_model = model.model
     with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
+        for layer in language_model.layers:
+            layer.self_attn.o_proj.weight.mul_(8.0 if vision else 0.0)
             layer.mlp.down_proj.weight.zero_()
-        basis = torch.eye(config.hidden_size)
+        basis = torch.eye(text.hidden_size)
         for i, (token, successor) in enumerate(zip(chain, chain[1:])):
-            model.model.embed_tokens.weight[token] = basis[i]
-            model.lm_head.weight[successor] = 20.0 * basis[i]
+            language_model.embed_tokens.weight[token] = basis[i]
+            model.lm_head.weight[successor] = (1.0 if vision else 20.0) * basis[i]
     out = Path(out_dir)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    if vision:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        Qwen2VLImageProcessorPil(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS).save_pretrained(out)
     return out
 
 

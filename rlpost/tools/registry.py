@@ -23,6 +23,7 @@ VERL_CLASSES = {
     "verl.tools.sandbox_fusion_tools.SandboxFusionTool": "rlpost.tools.sandbox_fusion.SandboxFusionTool",
     "verl.tools.search_tool.SearchTool": "rlpost.tools.search.SearchTool",
     "verl.tools.geo3k_tool.Geo3kTool": "rlpost.tools.geo3k.Geo3kTool",
+    "verl.tools.image_zoom_in_tool.ImageZoomInTool": "rlpost.tools.image_zoom.ImageZoomInTool",
 }
 TOOL_METHODS = ("create", "execute", "calc_reward", "release")
 INTERACTION_METHODS = ("start_interaction", "generate_response", "calculate_score", "finalize_interaction")

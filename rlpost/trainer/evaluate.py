@@ -46,10 +46,11 @@ def evaluate(cfg: RLConfig, model: str, data_files: list[str], progress=None) ->
     cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, placement="split"))  # memory stays put
     tokenizer = AutoTokenizer.from_pretrained(path)
     host = EngineHost(str(path), r, d.max_prompt_length + d.max_response_length, cfg.trainer.seed, host="127.0.0.1")
-    rollout = Rollout(cfg, tokenizer)
+    vision = PromptVision.for_model(path)
+    rollout = Rollout(cfg, tokenizer, vision)
     try:
         rollout.connect([host.url], progress)
-        data = RLDataset.from_config(data_files, tokenizer, d, rollout.tool_schemas, PromptVision.for_model(path))
+        data = RLDataset.from_config(data_files, tokenizer, d, rollout.tool_schemas, vision)
         metrics = validate(rollout, data, Reward(cfg.reward, d.max_response_length), cfg)
     finally:
         rollout.close()

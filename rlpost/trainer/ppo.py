@@ -40,11 +40,12 @@ class PPOTrainer:
         actor_dir = str(resolve_model_path(cfg.actor.model_path))
         model_dirs = {"actor": actor_dir, "critic": str(resolve_model_path(cfg.critic.model_path or actor_dir))}
         tokenizer = load_tokenizer(actor_dir)
-        self.rollout = Rollout(cfg, tokenizer)
-        d = cfg.data
         self.vision = PromptVision.for_model(actor_dir)
-        self.train_data = self._dataset(d.train_files, tokenizer)
-        self.val_data = self._dataset(d.val_files, tokenizer) if d.val_files else None
+        self.rollout = Rollout(cfg, tokenizer, self.vision)
+        d = cfg.data
+        schemas = self.rollout.tool_schemas
+        self.train_data = RLDataset.from_config(d.train_files, tokenizer, d, schemas, self.vision)
+        self.val_data = RLDataset.from_config(d.val_files, tokenizer, d, schemas, self.vision) if d.val_files else None
         self.sampler = BatchSampler(len(self.train_data), d.train_batch_size, d.shuffle, d.seed)
         self.prompts = PromptBatches(self.train_data, self.sampler, tokenizer.pad_token_id)
         self.total_steps = total_steps(self.sampler.steps_per_epoch, cfg.trainer.total_epochs,
@@ -73,14 +74,6 @@ class PPOTrainer:
         except BaseException:
             self.close()  # a trainer that never finished starting frees what it took
             raise
-
-    def _dataset(self, files: list[str], tokenizer) -> RLDataset:
-        data = RLDataset.from_config(files, tokenizer, self.cfg.data, self.rollout.tool_schemas, self.vision)
-        with_images = next((s.uid for s in data.samples if s.images), None)
-        if with_images and self.cfg.rollout.multi_turn.enable:
-            raise ValueError(f"prompt {with_images} has images: multi-turn rollouts with images are not built yet "
-                             f"(rollout.multi_turn.enable=false runs them single-turn)")
-        return data
 
     # ---- the loop -----------------------------------------------------------------------------------------------
 

@@ -28,9 +28,11 @@ TOOL_NAME = "calc_geo3k_reward"
 INSTRUCTION = ("You FIRST think about the reasoning process as an internal monologue and then provide the final "
                "answer. The reasoning process MUST BE enclosed within <think> </think> tags. The final answer MUST "
                "BE put in \\boxed{}.")
+# Qwen2.5-VL's chat template does not write tool schemas into prompts, so the prompt shows the call itself
 SYSTEM_PROMPT = ("You are a math expert. Solve the question step by step, then check your answer with the "
                  f"`{TOOL_NAME}` tool at least once before giving the final answer, and refine it if the tool says "
-                 "it is wrong.")
+                 f'it is wrong. To call the tool, write {{"name": "{TOOL_NAME}", "arguments": {{"answer": "<your '
+                 'answer>"}} on a line of its own.')
 WIDTHS, HEIGHTS = (224, 280, 336), (168, 224, 280)
 TEST_SHARE = 8  # one problem in TEST_SHARE is held out
 
