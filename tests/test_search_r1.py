@@ -148,7 +148,7 @@ def test_verls_search_r1_parquet_loads_unchanged_with_the_search_tool(tmp_path, 
     path = tmp_path / "train.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     assert pq.read_schema(path).names == ["data_source", "prompt", "ability", "reward_model", "extra_info", "metadata"]
-    ds = RLDataset([path], qwen, max_prompt_length=2048, tools=[search_tool.tool_schema.openai()])
+    ds = RLDataset([path], qwen, max_prompt_length=2048, tools=[search_tool.tool_schema.model_dump()])
     assert len(ds) == 2
     for sample, r in zip(ds.samples, rows):
         assert sample.data_source == r["data_source"] and sample.ground_truth == r["reward_model"]["ground_truth"]
@@ -172,7 +172,7 @@ def test_verls_search_r1_parquet_loads_unchanged_with_the_search_tool(tmp_path, 
 def test_the_built_rows_load_like_verls(built, qwen, search_tool):
     paths, counts, _, _, _ = built
     ds = RLDataset([paths["train"], paths["test"]], qwen, max_prompt_length=1024,
-                   tools=[search_tool.tool_schema.openai()])
+                   tools=[search_tool.tool_schema.model_dump()])
     assert len(ds) == counts.questions + counts.description_questions and ds.n_filtered == 0
     RewardScorer().check_sources([s.data_source for s in ds])
     assert json.loads(json.dumps(ds[0].tools_kwargs))["search"]["create_kwargs"]["data_source"] == ds[0].data_source

@@ -210,7 +210,7 @@ def test_search_tool_defaults_and_metrics_are_verls(tmp_path):
     assert {k: tool.settings[k] for k in ("topk", "timeout", "num_workers", "rate_limit",
                                           "enable_global_rate_limit")} == {
         "topk": 3, "timeout": 30, "num_workers": 120, "rate_limit": 120, "enable_global_rate_limit": True}
-    assert tool.tool_schema.openai()["function"]["name"] == "search"
+    assert tool.tool_schema.model_dump()["function"]["name"] == "search"
     assert tool.tool_schema.parameters["properties"]["query_list"] == {
         "type": "array", "items": {"type": "string"}, "description": "Fully formed queries; each gets its own results"}
     assert tool.tool_schema.parameters["required"] == ["query_list"]

@@ -50,7 +50,7 @@ def test_verl_tool_config_loads_rlpost_gsm8k_tool(tmp_path):
     tools = load_tools(write(tmp_path, VERL_GSM8K_TOOL))
     tool = tools["calc_gsm8k_reward"]
     assert type(tool) is Gsm8kTool and tool.config == {"type": "native"}
-    schema = tool.tool_schema.openai()
+    schema = tool.tool_schema.model_dump()
     assert schema["type"] == "function" and schema["function"]["name"] == "calc_gsm8k_reward"
     assert schema["function"]["parameters"]["required"] == ["answer"]
 
@@ -111,7 +111,7 @@ def test_nameless_interaction_is_named_after_its_class(tmp_path):
     ("tools:\n  - clas_name: x.Y\n", r"tools\[0\]: unknown keys \['clas_name'\]"),
     ("tools: {}\n", "expected a top-level 'tools:' list"),
     ("tools:\n  - class_name: rlpost.tools.gsm8k.Gsm8kTool\n    config: {type: mcp}\n",
-     r"tools\[0\]: config.type 'mcp' is not supported"),
+     r"tools\[0\]: config.type 'mcp' \(tools served by MCP servers\) is not supported"),
     ("tools:\n  - class_name: rlpost.tools.nowhere.Tool\n", r"tools\[0\]: cannot import class_name"),
     ("tools:\n  - class_name: rlpost.tools.gsm8k.Gsm8kInteraction\n", r"lacks \['create', 'execute'"),
     ("tools:\n  - class_name: rlpost.tools.gsm8k.Gsm8kTool\n  - class_name: rlpost.tools.gsm8k.Gsm8kTool\n",

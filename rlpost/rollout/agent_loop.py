@@ -36,6 +36,7 @@ from rlpost.rollout.client import SGLangClient
 from rlpost.rollout.generate import Sample, parse_answer, sample_seed
 from rlpost.rollout.tool_parser import parse_tool_calls
 from rlpost.tools import openai_schemas
+from rlpost.tools.base import as_response, create_instance
 
 
 @dataclass(kw_only=True)
@@ -99,7 +100,7 @@ class Trajectory:
         instances, started = {}, False
         try:
             for name, tool in self.tools.items():
-                instances[name], _ = await tool.create(f"{self.id}-{name}", **self._kwargs(name, "create"))
+                instances[name] = await create_instance(tool, f"{self.id}-{name}", self._kwargs(name, "create"))
             if self.interaction is not None:
                 await self.interaction.start_interaction(self.id, **self.interaction_kwargs)
                 started = True
@@ -186,12 +187,15 @@ class Trajectory:
     async def _call(self, name: str, arguments: dict, instance: str) -> tuple[str, list[bytes]]:
         s = self.settings
         try:
-            response, reward, _ = await asyncio.wait_for(
+            answer, reward, _ = await asyncio.wait_for(
                 self.tools[name].execute(instance, arguments, **self._kwargs(name, "execute")), s.tool_timeout_s)
         except asyncio.TimeoutError:
             return f"Error: tool '{name}' did not answer within {s.tool_timeout_s:g} s.", []
         except Exception as e:  # a tool's failure is the model's observation, not the rollout's crash
             return f"Error when executing tool '{name}': {type(e).__name__}: {e}", []
+        response = as_response(answer, name)
+        if response.video:
+            raise ValueError(f"tool '{name}' returned a video; videos are not supported (images are)")
         if reward is not None:
             self.tool_rewards.append(float(reward))
         text = truncate_tool_text(response.text or "", s.max_tool_response_length, s.tool_response_truncate_side)

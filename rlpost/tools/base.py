@@ -9,6 +9,7 @@ each assistant turn, `calculate_score` and `finalize_interaction` at the end.
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,33 @@ class ToolResponse:
     text: str | None = None
     image: list | None = None
     video: list | None = None
+
+
+def as_response(answer: Any, tool: str) -> ToolResponse:
+    """What a tool's execute returned -> a ToolResponse: rlpost's or verl's (pydantic, same fields), a dict of those
+    fields (older verl tools) or plain text."""
+    if isinstance(answer, str):
+        return ToolResponse(text=answer)
+    if isinstance(answer, dict):
+        unknown = set(answer) - {"text", "image", "video"}
+        if unknown:
+            raise ValueError(f"tool '{tool}' answered with keys {sorted(unknown)}; a response has text, image, video")
+        return ToolResponse(**answer)
+    if hasattr(answer, "text"):
+        return ToolResponse(answer.text, getattr(answer, "image", None), getattr(answer, "video", None))
+    raise TypeError(f"tool '{tool}' answered with {type(answer).__name__}; expected a ToolResponse, a dict or text")
+
+
+async def create_instance(tool: Any, instance_id: str, create_kwargs: dict) -> str:
+    """Calls a tool's create as verl's tools of either generation expect: the row's create_kwargs as keywords (older
+    ones) and also whole as `create_kwargs=` where the method takes it (newer ones read it from there). Older tools
+    return the instance id alone, newer ones (id, ToolResponse)."""
+    kwargs = dict(create_kwargs)
+    parameters = inspect.signature(tool.create).parameters
+    if "create_kwargs" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        kwargs["create_kwargs"] = create_kwargs
+    result = await tool.create(instance_id, **kwargs)
+    return result[0] if isinstance(result, tuple) else result
 
 
 def tool_config(config: dict, defaults: dict[str, Any], owner: str) -> dict[str, Any]:
@@ -37,7 +65,7 @@ class BaseTool:
         self.tool_schema = tool_schema or self.get_openai_tool_schema()
         if self.tool_schema is None:
             raise ValueError(f"{type(self).__name__}: no tool_schema in the config and none built in")
-        self.name = self.tool_schema.name
+        self.name = self.tool_schema.function.name
 
     def get_openai_tool_schema(self) -> ToolSchema | None:
         """A built-in schema, for tools whose config entry has none."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from rlpost.tools.schema import ToolSchema
+from rlpost.tools.schema import ToolSchema, schema_dict
 
 VERL_CLASSES = {
     "verl.tools.gsm8k_tool.Gsm8kTool": "rlpost.tools.gsm8k.Gsm8kTool",
@@ -68,19 +68,29 @@ def _class(name: str, where: str, methods: tuple[str, ...]) -> type:
     return cls
 
 
+def _problem(error: Exception, class_name: str) -> str:
+    """A constructor's failure: our config checks read as they are, anything else with its class and type."""
+    if isinstance(error, ValueError):
+        return str(error)
+    return f"{class_name} failed to start: {type(error).__name__}: {error}"
+
+
 def load_tools(path: str | Path) -> dict[str, Any]:
     """{function name: tool instance}."""
     tools: dict[str, Any] = {}
     for where, entry in _entries(path, "tools", {"class_name", "config", "tool_schema", "mcp"}):
         kind = entry["config"].get("type", "native")
+        if kind == "mcp":
+            raise ValueError(f"{where}: config.type 'mcp' (tools served by MCP servers) is not supported: rlpost "
+                             f"runs 'native' tools, Python classes called in the rollout process")
         if kind != "native":
             raise ValueError(f"{where}: config.type '{kind}' is not supported (rlpost runs 'native' tools)")
         schema = ToolSchema.from_dict(entry["tool_schema"], where) if entry.get("tool_schema") is not None else None
         cls = _class(entry["class_name"], where, TOOL_METHODS)
         try:
             tool = cls(config=entry["config"], tool_schema=schema)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{where}: {e}") from e
+        except Exception as e:  # a tool's constructor can fail any way; the entry must be named
+            raise ValueError(f"{where}: {_problem(e, entry['class_name'])}") from e
         if tool.name in tools:
             raise ValueError(f"{where}: a second tool named '{tool.name}'")
         tools[tool.name] = tool
@@ -89,7 +99,7 @@ def load_tools(path: str | Path) -> dict[str, Any]:
 
 def openai_schemas(tools: dict[str, Any]) -> list[dict] | None:
     """What a chat template takes as `tools=` (None without tools)."""
-    return [t.tool_schema.openai() for t in tools.values()] or None
+    return [schema_dict(t.tool_schema) for t in tools.values()] or None
 
 
 def default_interaction_name(class_name: str) -> str:
@@ -105,5 +115,8 @@ def load_interactions(path: str | Path) -> dict[str, Any]:
         if name in out:
             raise ValueError(f"{where}: a second interaction named '{name}'")
         cls = _class(entry["class_name"], where, INTERACTION_METHODS)
-        out[name] = cls(config={**entry["config"], "name": name})
+        try:
+            out[name] = cls(config={**entry["config"], "name": name})
+        except Exception as e:
+            raise ValueError(f"{where}: {_problem(e, entry['class_name'])}") from e
     return out

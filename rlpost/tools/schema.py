@@ -1,4 +1,6 @@
-"""A tool's OpenAI function schema, as chat templates take it (`tools=[...]`)."""
+"""A tool's OpenAI function schema, as chat templates take it (`tools=[...]`), with the attribute shape of verl's
+OpenAIFunctionToolSchema (`.type`, `.function.name`, `.function.parameters.properties`, `model_dump()`), so a tool
+class written against verl's BaseTool reads it as it reads verl's."""
 
 from __future__ import annotations
 
@@ -35,6 +37,29 @@ class ToolSchema:
                              f"are not in its properties")
         return cls(fn["name"], fn.get("description", ""), params)
 
-    def openai(self) -> dict:
+    type = "function"
+
+    @property
+    def function(self) -> Fields:
+        return Fields({"name": self.name, "description": self.description, "parameters": self.parameters})
+
+    def model_dump(self, **_) -> dict:
+        """The OpenAI dict (verl's pydantic options such as exclude_none are accepted; nothing here is unset)."""
         return {"type": "function", "function": {"name": self.name, "description": self.description,
                                                  "parameters": self.parameters}}
+
+
+class Fields(dict):
+    """A dict whose keys also read as attributes, nested (`.parameters.properties`), as pydantic models do."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            value = self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+        return Fields(value) if isinstance(value, dict) else value
+
+
+def schema_dict(schema: Any) -> dict:
+    """rlpost's ToolSchema or verl's pydantic one -> the OpenAI dict a chat template takes."""
+    return schema.model_dump(exclude_unset=True, exclude_none=True)
