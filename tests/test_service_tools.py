@@ -1,6 +1,7 @@
 """Tools that call services, loaded from verl's tool YAML unchanged: SandboxFusionTool against `rlpost serve sandbox`,
 SearchTool against a loopback double of Search-R1's retrieval server (which needs a GPU index and cannot run here),
-retries, and the token-bucket rate limit, shared across Ray workers (rlpost.cluster.shared_rate_limit)."""
+retries, and the limits (verl's rate_limit in flight, rlpost's requests_per_second), shared across Ray workers
+(rlpost.cluster.shared_rate_limit)."""
 
 import asyncio
 import contextlib
@@ -246,7 +247,9 @@ def test_token_bucket_admits_bursts_then_the_rate():
     assert [bucket.reserve() for _ in range(4)] == [0.0, 0.0, 0.0, 0.5]
 
 
-def test_the_rate_limit_is_shared_by_workers_across_processes():
+def test_limits_are_shared_by_workers_across_processes():
+    """requests_per_second is one token bucket for the job, rate_limit (verl's) one semaphore: two Ray workers
+    together stay under each, and a caller that gives up waiting (a tool timeout) does not keep its slot."""
     import ray
 
     from rlpost.cluster.resources import connect
@@ -254,13 +257,13 @@ def test_the_rate_limit_is_shared_by_workers_across_processes():
     @ray.remote(num_cpus=0)
     class Caller:
         def ready(self) -> bool:
-            return True
-
-        def times(self, n: int) -> list[float]:
             from rlpost.cluster.shared_rate_limit import share_rate_limits
-            from rlpost.tools.rate_limit import acquire
 
             share_rate_limits()
+            return True
+
+        def paced(self, n: int) -> list[float]:
+            from rlpost.tools.rate_limit import acquire
 
             async def go():
                 out = []
@@ -271,11 +274,43 @@ def test_the_rate_limit_is_shared_by_workers_across_processes():
 
             return asyncio.run(go())
 
+        def held(self, n: int, hold_s: float) -> list[tuple[float, float]]:
+            from rlpost.tools.rate_limit import in_flight
+
+            async def one():
+                async with in_flight("http://retriever.example/retrieve", 2):
+                    start = time.time()
+                    await asyncio.sleep(hold_s)
+                    return start, time.time()
+
+            async def go():
+                return await asyncio.gather(*(one() for _ in range(n)))
+
+            return asyncio.run(go())
+
+        def gives_up_then_gets_a_slot(self) -> bool:
+            from rlpost.tools.rate_limit import in_flight
+
+            async def wait_for_slot():
+                async with in_flight("http://one-slot.example", 1):
+                    return True
+
+            async def go():
+                async with in_flight("http://one-slot.example", 1):
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(wait_for_slot(), 0.2)  # cancelled while waiting
+                await asyncio.sleep(0.2)  # the cancelled waiter's slot, granted now, is handed back
+                return await asyncio.wait_for(wait_for_slot(), 5)
+
+            return asyncio.run(go())
+
     connect(None, 2)
     try:
         callers = [Caller.remote() for _ in range(2)]
         ray.get([c.ready.remote() for c in callers])
-        per_worker = ray.get([c.times.remote(6) for c in callers])
+        per_worker = ray.get([c.paced.remote(6) for c in callers])
+        spans = sum(ray.get([c.held.remote(3, 0.3) for c in callers]), [])
+        assert ray.get(callers[0].gives_up_then_gets_a_slot.remote())
     finally:
         ray.shutdown()
     # 12 requests at 5/s with no burst take 11/5 s together, and the workers' turns interleave over all of it; with a
@@ -283,3 +318,10 @@ def test_the_rate_limit_is_shared_by_workers_across_processes():
     stamps = sorted(sum(per_worker, []))
     assert stamps[-1] - stamps[0] >= 2.2 - 0.05
     assert all(times[-1] - times[0] >= 1.6 for times in per_worker), per_worker
+    # 6 requests of 0.3 s, 2 in flight for the job (a semaphore each would let 4 run): never more than 2 overlap
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    assert peak == 2 and max(e for _, e in spans) - min(s for s, _ in spans) >= 0.9 - 0.05

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from rlpost.tools.base import BaseTool, tool_config
-from rlpost.tools.rate_limit import acquire
+from rlpost.tools.rate_limit import acquire, in_flight
 from rlpost.tools.schema import ToolSchema
 
 RETRIED_STATUSES = {408, 429, 500, 502, 503, 504}
@@ -56,13 +56,14 @@ async def post_json(url: str, body: dict, timeout_s: float, retries: int, retry_
     raise ServiceError(f"{url}: no answer after {retries + 1} attempt(s); last: {last}")
 
 
-SERVICE_DEFAULTS = {"num_workers": 10, "rate_limit": 10, "enable_global_rate_limit": True, "max_retries": 3,
-                    "retry_delay_s": 1.0}
+SERVICE_DEFAULTS = {"num_workers": 10, "rate_limit": 10, "enable_global_rate_limit": True,
+                    "requests_per_second": None, "max_retries": 3, "retry_delay_s": 1.0}
 
 
 class ServiceTool(BaseTool):
-    """`num_workers` requests in flight per process; `rate_limit` requests per second for the whole job (verl's tools
-    read it as a count in flight); failed requests retried `max_retries` times."""
+    """verl's meanings: `rate_limit` requests in flight for the whole job (this process alone without
+    `enable_global_rate_limit`), `num_workers` in flight per process. rlpost's `requests_per_second` (null: none) also
+    paces them, job-wide likewise. Failed requests are retried `max_retries` times."""
 
     URL_KEY = ""
     DEFAULTS: dict[str, Any] = {}
@@ -70,7 +71,8 @@ class ServiceTool(BaseTool):
     # key -> (check, what it must be); subclasses add theirs
     CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "num_workers": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-        "rate_limit": (lambda v: is_number(v) and v > 0, "a number > 0 (requests per second)"),
+        "rate_limit": (lambda v: is_int(v) and v >= 1, "an integer >= 1 (requests in flight for the job)"),
+        "requests_per_second": (lambda v: v is None or (is_number(v) and v > 0), "null or a number > 0"),
         "max_retries": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
         "retry_delay_s": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
     }
@@ -89,12 +91,14 @@ class ServiceTool(BaseTool):
     async def post(self, body: dict, timeout_s: float) -> dict:
         loop = asyncio.get_running_loop()
         slots = self._slots.setdefault(loop, asyncio.Semaphore(self.settings["num_workers"]))
-        async with slots:
-            return await post_json(self.url, body, timeout_s, self.settings["max_retries"],
-                                   self.settings["retry_delay_s"], self._turn, self.RETRY_TIMEOUTS)
+        s = self.settings
+        async with slots, in_flight(self.url, s["rate_limit"], shared=s["enable_global_rate_limit"]):
+            return await post_json(self.url, body, timeout_s, s["max_retries"], s["retry_delay_s"],
+                                   self._turn if s["requests_per_second"] else None, self.RETRY_TIMEOUTS)
 
     async def _turn(self) -> None:
-        await acquire(self.url, self.settings["rate_limit"], shared=self.settings["enable_global_rate_limit"])
+        s = self.settings
+        await acquire(self.url, s["requests_per_second"], shared=s["enable_global_rate_limit"])
 
 
 def is_number(value: Any) -> bool:

@@ -4,7 +4,8 @@ crop as a new image, so a vision-language policy can look closer before it answe
 The image comes from the row's tools_kwargs (`create_kwargs.image`: a PIL image, a path, a data URI or {bytes}).
 Boxes are pixel coordinates [x1, y1, x2, y2] of that image, clamped to it; a box narrower than MIN_SIDE pixels is
 grown about its centre, as verl's tool does. Config keys are verl's: crops run in threads, `num_workers` at a time
-per process, `rate_limit` per second (job-wide with `enable_global_rate_limit`), each within `timeout` seconds.
+per process and `rate_limit` at a time for the job (this process alone without `enable_global_rate_limit`), each
+within `timeout` seconds.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from rlpost.tools.base import BaseTool, ToolResponse, tool_config
 from rlpost.tools.http import is_int, is_number
-from rlpost.tools.rate_limit import acquire
+from rlpost.tools.rate_limit import in_flight
 from rlpost.tools.schema import ToolSchema
 
 MIN_SIDE = 28  # one merged 2x2 patch of 14-pixel patches: the smallest crop Qwen2.5-VL sees as more than a dot
@@ -76,7 +77,7 @@ def fit_box(box: list[float], width: int, height: int) -> list[float] | None:
 
 class ImageZoomInTool(BaseTool):
     CHECKS = {"num_workers": (lambda v: is_int(v) and v > 0, "an integer > 0"),
-              "rate_limit": (lambda v: is_number(v) and v > 0, "crops per second > 0"),
+              "rate_limit": (lambda v: is_int(v) and v > 0, "an integer > 0 (crops in flight for the job)"),
               "timeout": (lambda v: is_number(v) and v > 0, "a number of seconds > 0")}
 
     def __init__(self, config: dict, tool_schema: ToolSchema | None):
@@ -119,8 +120,7 @@ class ImageZoomInTool(BaseTool):
                                       f"{MIN_SIDE}x{MIN_SIDE} pixels of the {image.width}x{image.height} image."),
                     FAILED_CALL_REWARD, {"success": False})
         s = self.settings
-        await acquire(f"tool:{self.name}", s["rate_limit"], shared=s["enable_global_rate_limit"])
-        async with self._slots:
+        async with self._slots, in_flight(f"tool:{self.name}", s["rate_limit"], shared=s["enable_global_rate_limit"]):
             crop = await asyncio.wait_for(asyncio.to_thread(image.crop, fitted), s["timeout"])
         text = f"Zoomed in on the image to the region {box}" + (f" with label {label}." if label else ".")
         return ToolResponse(text=text, image=[crop]), 0.0, {"success": True}
