@@ -27,6 +27,7 @@ setup(
         "pillow>=10",  # images of vision-language rows; the offline geometry figures
         # the geo3k reward (verl's hiyouga/geometry3k rule); mathruler declares no dependencies but imports both
         "mathruler>=0.1,<0.2", "pylatexenc>=2.10", "sympy>=1.12",
+        "omegaconf>=2.3,<2.4",  # ${...} interpolations in verl's config files and overrides
     ],
     extras_require={
         # Offline assets for the default run: GSM-Symbolic generation and GGUF -> HF conversion.

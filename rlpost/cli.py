@@ -56,24 +56,61 @@ def _generated_splits(parser: argparse.ArgumentParser, out_dir: str) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _config(args: argparse.Namespace) -> None:
-    from rlpost.config import config_to_dict, load_config, run_dir, save_config
+def _recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """A recipe YAML or Hydra's --config-path/--config-name (a verl experiment YAML), and the overrides: verl's run
+    scripts pass no recipe, only key=value, +key=value and ~key."""
+    from rlpost.config import ConfigError
+    from rlpost.config.verl import experiment_file
 
-    cfg = load_config(args.recipe, args.overrides, check_files=not args.no_check_files)
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe is not None and ("=" in recipe or recipe.startswith(("+", "~"))):
+        recipe, overrides = None, [recipe, *overrides]
+    experiment = experiment_file(args.config_path, args.config_name)
+    if experiment is not None:
+        if recipe is not None:
+            raise ConfigError([f"give a recipe ({recipe}) or --config-name ({args.config_name}), not both"])
+        recipe = str(experiment)
+    return recipe, overrides
+
+
+def _config_args(parser: argparse.ArgumentParser, recipe_help: str) -> None:
+    parser.add_argument("recipe", nargs="?", help=recipe_help)
+    parser.add_argument("overrides", nargs="*", help="section.key=value; verl's keys and Hydra's +key=value and ~key "
+                                                     "are read too")
+    parser.add_argument("--config-path", "-cp", default=None, help="Hydra's: the directory of --config-name")
+    parser.add_argument("--config-name", "-cn", default=None, help="Hydra's: a verl experiment YAML (defaults: "
+                                                                   "[ppo_trainer, _self_]) in --config-path")
+
+
+def _config(args: argparse.Namespace) -> None:
+    from rlpost.config import config_to_dict, run_dir, save_config
+    from rlpost.config.loader import load_config_explained
+
+    recipe, overrides = _recipe_and_overrides(args)
+    cfg, translation = load_config_explained(recipe, overrides, check_files=not args.no_check_files)
     if args.write:
         print(f"wrote {save_config(cfg, run_dir(cfg) / 'config.yaml')}")
     else:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    if args.from_verl:
+        table = translation.table()
+        print("# verl keys rlpost ignores or honours differently:\n" + (
+            "\n".join("#" + line for line in table.splitlines()) if table else "#   none"))
 
 
 def _train(args: argparse.Namespace) -> None:
     from rlpost.cluster.worker_group import WorkerDied
-    from rlpost.config import load_config, run_dir
+    from rlpost.config import run_dir
+    from rlpost.config.loader import load_config_explained
     from rlpost.run_log import driver_logging
     from rlpost.trainer.ppo import train
 
-    cfg = load_config(args.recipe, args.overrides)
+    recipe, overrides = _recipe_and_overrides(args)
+    cfg, translation = load_config_explained(recipe, overrides)
     driver_logging(run_dir(cfg))
+    if translation.table():
+        logging.getLogger("rlpost").warning("verl keys rlpost ignores or honours differently:\n%s",
+                                            translation.table())
     try:
         train(cfg)
     except WorkerDied as e:
@@ -195,15 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     geo.set_defaults(func=_preprocess_geometry3k)
 
     c = sub.add_parser("config", help="resolve and validate a recipe; print it or write it to the run directory")
-    c.add_argument("recipe", nargs="?", help="recipe YAML (omit for the defaults alone)")
-    c.add_argument("overrides", nargs="*", help="section.key=value")
+    _config_args(c, "recipe YAML (omit for the defaults alone)")
     c.add_argument("--write", action="store_true", help="write config.yaml into the run directory")
     c.add_argument("--no-check-files", action="store_true", help="skip checks of data, model and other paths")
+    c.add_argument("--from-verl", action="store_true", help="also list the verl keys given that rlpost ignores or "
+                                                            "honours differently, with the reasons")
     c.set_defaults(func=_config)
 
-    t = sub.add_parser("train", help="run PPO/GRPO from a recipe")
-    t.add_argument("recipe", help="recipe YAML")
-    t.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    t = sub.add_parser("train", help="run PPO/GRPO from a recipe (or a verl command line)")
+    _config_args(t, "recipe YAML (omit with --config-name or verl-style overrides)")
     t.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="accuracy of a model on a dataset, through the trainer's validation code",

@@ -71,7 +71,8 @@ def test_unknown_keys_name_key_section_source_and_closest():
     assert problems("actor.optim.lrr=1") == [
         "unknown key 'actor.optim.lrr' in section 'actor.optim' (from override 'actor.optim.lrr=1') "
         "(did you mean 'lr'?)"]
-    assert problems("acotr.tp=2") == ["unknown section 'acotr' (from override 'acotr.tp=2') (did you mean 'actor'?)"]
+    assert problems("acotr.tp=2") == ["acotr.tp = 2 (from override 'acotr.tp=2'): is neither an rlpost key nor a "
+                                      "verl key rlpost knows (did you mean 'actor.tp'?)"]
 
 
 def test_unknown_key_in_recipe_file_names_the_file(tmp_path):
@@ -89,8 +90,8 @@ def test_wrong_types_and_ranges_all_reported_at_once():
     assert found == [
         "data.train_batch_size = -1 (from override 'data.train_batch_size=-1'): expected a value >= 1",
         "data.shuffle = 1 (from override 'data.shuffle=1'): expected true or false",
-        "data.truncation = 'rigth' (from override 'data.truncation=rigth'): expected one of 'error', 'left', 'right' "
-        "(did you mean 'right'?)",
+        "data.truncation = 'rigth' (from override 'data.truncation=rigth'): expected one of 'error', 'left', 'right', "
+        "'middle' (did you mean 'right'?)",
         "actor.tp = 'two' (from override 'actor.tp=two'): expected an integer",
         "actor.optim.lr = 'fast' (from override 'actor.optim.lr=fast'): expected a number",
         "actor.clip_ratio_low = 1.5 (from override 'actor.clip_ratio_low=1.5'): expected a value <= 1.0",

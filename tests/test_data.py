@@ -131,7 +131,9 @@ def test_overlong_prompts_filtered_counted_or_truncated(tmp_path, tokenizer, cap
     full = RLDataset([path], tokenizer, max_prompt_length=10_000)[1].prompt_ids
     left = RLDataset([path], tokenizer, max_prompt_length=50, filter_overlong=False, truncation="left")[1].prompt_ids
     right = RLDataset([path], tokenizer, max_prompt_length=50, filter_overlong=False, truncation="right")[1].prompt_ids
+    middle = RLDataset([path], tokenizer, max_prompt_length=51, filter_overlong=False, truncation="middle")[1].prompt_ids
     assert left == full[-50:] and right == full[:50] and short_len < 50
+    assert middle == full[:25] + full[-26:]  # verl's: the first half and the last, the longer half at the end
     with pytest.raises(ValueError, match="no prompts left"):
         RLDataset([path], tokenizer, max_prompt_length=2)
 
@@ -202,3 +204,19 @@ def test_arithmetic_held_out_problems_never_appear_in_training(tmp_path):
     assert row["data_source"] == "reasoning_gym/chain_sum" and row["prompt"][0]["content"].endswith("=")
     again, _ = arithmetic.build_default(tmp_path / "again", train_size=300, test_size=200, seed=3)
     assert list(read_rows(again)) == train_rows
+
+
+def test_verl_rows_name_their_agent_loop(tmp_path, tokenizer):
+    """verl chooses a row's agent loop by its agent_name; a row asking for the loop this run does not use fails at
+    start-up, naming it, and an unknown loop is refused when read."""
+    path = write_rows([row(), row(agent_name="tool_agent")], tmp_path / "p.parquet")
+    data = RLDataset([path], tokenizer, max_prompt_length=512)
+    data.check_agent_loop(multi_turn=True)
+    with pytest.raises(RowError, match=r"p.parquet row 1: field 'agent_name' asks for 'tool_agent', but this run's "
+                                       r"rollouts are single_turn_agent \(rollout.multi_turn.enable=false\); set "
+                                       r"rollout.multi_turn.enable=true"):
+        data.check_agent_loop(multi_turn=False)
+    bad = write_rows([row(agent_name="react_agent")], tmp_path / "bad.parquet")
+    with pytest.raises(RowError, match=r"bad.parquet row 0: field 'agent_name' is 'react_agent'; rlpost's agent "
+                                       r"loops are single_turn_agent, tool_agent"):
+        RLDataset([bad], tokenizer, max_prompt_length=512)

@@ -16,7 +16,9 @@ from typing import Any
 import yaml
 
 from rlpost.atomic import atomic_file
+from rlpost.config import verl
 from rlpost.config.schema import RLConfig
+from rlpost.config.verl import Translation
 from rlpost.registry import did_you_mean
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -47,15 +49,20 @@ def _read_yaml(path: Path, what: str) -> dict:
 
 
 def parse_override(text: str) -> tuple[Path_, Any]:
-    """'a.b=value' -> (('a', 'b'), value); the value is read as YAML so 3, 1e-5, true, null and [a, b] work."""
+    """'a.b=value' -> (('a', 'b'), value); the value is read as YAML so 3, 1e-5, true, null and [a, b] work. Hydra's
+    forms are accepted: `+a.b=value` and `++a.b=value` set, `~a.b` (or `~a.b=value`) goes back to the default."""
     key, sep, raw = text.partition("=")
-    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+    delete = key.startswith("~")
+    key = key.lstrip("+~").strip()
+    if (not sep and not delete) or not key or any(not part for part in key.split(".")):
         raise ConfigError([f"override '{text}' is not of the form section.key=value"])
+    if delete:
+        return tuple(key.split(".")), verl.DELETE
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return tuple(key.strip().split(".")), value
+    return tuple(key.split(".")), value
 
 
 def _nest(path: Path_, value: Any) -> dict:
@@ -200,30 +207,57 @@ class _Builder:
                 self.fail(path, value, f"a value {symbol} {rules[name]}")
 
 
-def collect_layers(recipe: str | Path | None, overrides: Iterable[str], config_dir: Path) -> list[tuple[str, dict]]:
-    layers = [
+def collect_layers(recipe: str | Path | None, overrides: Iterable[str], config_dir: Path
+                   ) -> tuple[list[tuple[str, dict]], Translation]:
+    """The layers in order, every key of the recipe and overrides read through rlpost.config.verl (rlpost's keys
+    pass as they are, verl's are translated), and what that translation ignored or noted."""
+    defaults = [
         (f"configs/{f.name}.yaml", {f.name: _read_yaml(config_dir / f"{f.name}.yaml", "default config")})
         for f in dataclasses.fields(RLConfig)
     ]
+    layers, given = list(defaults), []
     if recipe is not None:
         body = _read_yaml(Path(recipe), "recipe")
-        presets = body.pop("defaults", []) or []
-        if isinstance(presets, str):
-            presets = [presets]
-        available = sorted(p.stem for p in (config_dir / "presets").glob("*.yaml"))
-        for name in presets:
-            path = config_dir / "presets" / f"{name}.yaml"
-            if not path.is_file():
-                raise ConfigError([
-                    f"{recipe}: defaults names preset '{name}', which is not in configs/presets/"
-                    f"{did_you_mean(name, available)}; available: {', '.join(available)}"
-                ])
-            layers.append((f"configs/presets/{name}.yaml", _read_yaml(path, "preset")))
-        layers.append((str(recipe), body))
+        if verl.is_verl_experiment(body):
+            body = verl.experiment_body(Path(recipe), body)
+        else:
+            layers += _presets(recipe, body.pop("defaults", []) or [], config_dir)
+        given.append((str(recipe), body))
     for text in overrides:
         path, value = parse_override(text)
-        layers.append((f"override '{text}'", _nest(path, value)))
-    return layers
+        given.append((f"override '{text}'", _nest(path, value)))
+    default_values: dict = {}
+    for _, layer in defaults:
+        _merge(default_values, layer, (), "defaults", {})
+    leaves = verl.rlpost_leaves(RLConfig)
+    known = leaves | set(verl.RULES)
+    flat_defaults = verl.flatten(default_values, known)
+    entries = [(source, key, value) for source, tree in given for key, value in verl.flatten(tree, known).items()]
+    entries = verl.resolve_interpolations(entries, verl.verl_names(flat_defaults))
+    translation = verl.translate(entries, leaves, flat_defaults)
+    if translation.refused:
+        raise ConfigError(translation.refused)
+    for source, key, value in translation.settings:
+        if value is verl.DELETE:
+            value = flat_defaults.get(key)
+        layers.append((source, _nest(tuple(key.split(".")), value)))
+    return layers, translation
+
+
+def _presets(recipe: str | Path, presets: list | str, config_dir: Path) -> list[tuple[str, dict]]:
+    if isinstance(presets, str):
+        presets = [presets]
+    available = sorted(p.stem for p in (config_dir / "presets").glob("*.yaml"))
+    out = []
+    for name in presets:
+        path = config_dir / "presets" / f"{name}.yaml"
+        if not path.is_file():
+            raise ConfigError([
+                f"{recipe}: defaults names preset '{name}', which is not in configs/presets/"
+                f"{did_you_mean(name, available)}; available: {', '.join(available)}"
+            ])
+        out.append((f"configs/presets/{name}.yaml", _read_yaml(path, "preset")))
+    return out
 
 
 def load_config(
@@ -233,11 +267,22 @@ def load_config(
     check_files: bool = True,
 ) -> RLConfig:
     """Resolve and validate a config. Raises ConfigError listing every problem at once."""
+    return load_config_explained(recipe, overrides, config_dir, check_files)[0]
+
+
+def load_config_explained(
+    recipe: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    config_dir: Path = CONFIG_DIR,
+    check_files: bool = True,
+) -> tuple[RLConfig, Translation]:
+    """load_config, and what became of verl keys (ignored ones with their reasons, notes)."""
     from rlpost.config.validate import cross_check
 
     merged: dict = {}
     prov: dict[Path_, str] = {}
-    for source, layer in collect_layers(recipe, overrides, config_dir):
+    layers, translation = collect_layers(recipe, overrides, config_dir)
+    for source, layer in layers:
         _merge(merged, layer, (), source, prov)
     builder = _Builder(prov)
     cfg = builder.build(RLConfig, merged, ())
@@ -246,7 +291,7 @@ def load_config(
     problems = cross_check(cfg, check_files=check_files)
     if problems:
         raise ConfigError(problems)
-    return cfg
+    return cfg, translation
 
 
 def config_to_dict(cfg: RLConfig) -> dict:

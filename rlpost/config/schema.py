@@ -34,7 +34,7 @@ class DataConfig:
     shuffle: bool
     seed: int
     filter_overlong_prompts: bool
-    truncation: Literal["error", "left", "right"]
+    truncation: Literal["error", "left", "right", "middle"]
 
 
 @dataclass
@@ -45,6 +45,7 @@ class OptimConfig:
     eps: float = rule(gt=0.0)
     clip_grad: float = rule(gt=0.0)
     lr_warmup_steps: int = rule(min=0)
+    lr_warmup_steps_ratio: float = rule(min=0.0, max=1.0)
     lr_schedule: Literal["constant", "cosine"]
     min_lr_ratio: float = rule(min=0.0, max=1.0)
 
@@ -183,7 +184,7 @@ class TrainerConfig:
     no_signal_warn_steps: int = rule(min=0)
     val_before_train: bool
     val_every: int = rule(min=0)
-    save_every: int = rule(min=0)
+    save_every: int = rule(min=-1)
     resume: str
     keep_last: int = rule(**POSITIVE)
 

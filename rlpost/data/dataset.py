@@ -26,6 +26,7 @@ class PromptSample:
     ability: str = ""
     extra_info: dict = field(default_factory=dict)
     images: list[bytes] = field(default_factory=list)  # encoded, in prompt order; prompt_ids hold their image runs
+    agent_name: str | None = None  # verl's: the agent loop the row asks for
 
     @property
     def tools_kwargs(self) -> dict:
@@ -36,11 +37,22 @@ class PromptSample:
         return self.extra_info.get("interaction_kwargs", {})
 
 
+def truncate(ids: list[int], limit: int, side: str) -> list[int]:
+    """verl's truncation: 'left' cuts the start (keeps the last tokens), 'right' the end, 'middle' the middle."""
+    if side == "left":
+        return ids[-limit:]
+    if side == "right":
+        return ids[:limit]
+    head = limit // 2
+    return ids[:head] + ids[len(ids) - (limit - head):]
+
+
 class RLDataset:
     """All rows of the given files in memory (prompt datasets are small next to the model).
 
     Prompts longer than max_prompt_length tokens are dropped when filter_overlong is set (the count is logged
-    and kept in n_filtered); otherwise truncation decides: 'error' names the row, 'left'/'right' cut tokens.
+    and kept in n_filtered); otherwise truncation decides: 'error' names the row, 'left'/'right'/'middle' cut
+    tokens there.
     """
 
     @classmethod
@@ -103,12 +115,12 @@ class RLDataset:
                         counted = " (image tokens included; a prompt with images is not cut)" if images[i] else ""
                         raise RowError(str(path), i, prompt_key, f"renders to {len(prompt_ids)} tokens{counted}, "
                                        f"more than data.max_prompt_length = {max_prompt_length}")
-                    keep = slice(-max_prompt_length, None) if truncation == "left" else slice(max_prompt_length)
-                    prompt_ids = prompt_ids[keep]
+                    prompt_ids = truncate(prompt_ids, max_prompt_length, truncation)
                 self.samples.append(PromptSample(
                     uid=f"{path}:{i}", data_source=row["data_source"], messages=messages[i],
                     ground_truth=row["reward_model"]["ground_truth"], prompt_ids=list(prompt_ids),
                     ability=row["ability"], extra_info=row["extra_info"], images=images[i],
+                    agent_name=row["agent_name"],
                 ))
                 kept += 1
             if len(rows) > kept:
@@ -117,6 +129,17 @@ class RLDataset:
         if not self.samples:
             raise ValueError(f"no prompts left in {', '.join(map(str, files))}: all {self.n_filtered} are longer "
                              f"than data.max_prompt_length = {max_prompt_length}")
+
+    def check_agent_loop(self, multi_turn: bool) -> None:
+        """verl picks a row's agent loop by its agent_name; rlpost runs one loop for the whole run, so a row asking for
+        the other one fails here, naming it, instead of running in a loop it did not ask for."""
+        want = "tool_agent" if multi_turn else "single_turn_agent"
+        other = next((s for s in self.samples if s.agent_name not in (None, want)), None)
+        if other is not None:
+            source, _, row = other.uid.rpartition(":")
+            raise RowError(source, int(row), "agent_name", f"asks for {other.agent_name!r}, but this run's rollouts "
+                           f"are {want} (rollout.multi_turn.enable={str(multi_turn).lower()}); set "
+                           f"rollout.multi_turn.enable={str(not multi_turn).lower()}")
 
     def __len__(self) -> int:
         return len(self.samples)

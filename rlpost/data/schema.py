@@ -117,4 +117,15 @@ def validate_row(row: Any, source: str, index: int, prompt_key: str = "prompt", 
         "reward_model": {"style": reward.get("style") or "rule", "ground_truth": reward["ground_truth"]},
         "extra_info": _check_extra_info(row.get("extra_info"), fail),
         "images": _check_images(row.get(image_key), image_key, fail),
+        "agent_name": _check_agent_name(row.get("agent_name"), fail),
     }
+
+
+AGENT_LOOPS = ("single_turn_agent", "tool_agent")  # verl's rows name their agent loop; rlpost has these two
+
+
+def _check_agent_name(name: Any, fail) -> str | None:
+    if name is not None and name not in AGENT_LOOPS:
+        fail("agent_name", f"is {name!r}; rlpost's agent loops are {', '.join(AGENT_LOOPS)} (chosen for the whole "
+                           f"run by rollout.multi_turn.enable)")
+    return name

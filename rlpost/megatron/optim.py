@@ -31,7 +31,8 @@ def build_optimizer(ddp_module, optim: OptimConfig, total_steps: int, dtype: str
         use_distributed_optimizer=use_distributed_optimizer,
     )
     optimizer = get_megatron_optimizer(config, [ddp_module])
-    warmup = min(optim.lr_warmup_steps, max(total_steps - 1, 0))
+    steps = optim.lr_warmup_steps or int(optim.lr_warmup_steps_ratio * total_steps)  # verl's rule: steps win
+    warmup = min(steps, max(total_steps - 1, 0))
     scheduler = OptimizerParamScheduler(
         optimizer, init_lr=0.0 if warmup else optim.lr, max_lr=optim.lr, min_lr=optim.lr * optim.min_lr_ratio,
         lr_warmup_steps=warmup, lr_decay_steps=max(total_steps, warmup + 1), lr_decay_style=optim.lr_schedule,

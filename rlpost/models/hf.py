@@ -20,8 +20,28 @@ def _unknown_model(name: str) -> FileNotFoundError:
     )
 
 
+def hub_cache_dir(repo_id: str) -> Path | None:
+    """A Hub id's snapshot in the local Hugging Face cache (HF_HUB_CACHE, or HF_HOME/hub), never downloaded: jobs
+    run offline. None for a name that is not of the form 'org/name'; FileNotFoundError naming the cache when the
+    model is not in it."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(parts) or Path(repo_id).expanduser().exists():
+        return None
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise FileNotFoundError(
+            f"model '{repo_id}' is not in the local Hugging Face cache '{constants.HF_HUB_CACHE}' (set by HF_HUB_CACHE "
+            f"or HF_HOME; nothing is downloaded at run time): download it beforehand with `huggingface-cli download "
+            f"{repo_id}` on a machine with access, or give a directory") from None
+
+
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """A directory as is, or a named asset (e.g. 'smollm2-135m-instruct') converted once into the cache."""
+    """A directory as is, a named asset (e.g. 'smollm2-135m-instruct') converted once into the cache, or a Hub id
+    (e.g. 'Qwen/Qwen2.5-3B-Instruct') already in the local Hugging Face cache."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -31,6 +51,9 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
         return asset_dir(str(name_or_path))
     if str(name_or_path) in VL_ASSETS:
         return vl_asset_dir(str(name_or_path))
+    cached = hub_cache_dir(str(name_or_path))
+    if cached is not None:
+        return cached
     raise _unknown_model(str(name_or_path))
 
 
@@ -47,6 +70,8 @@ def model_dims(name_or_path: str | Path) -> dict:
         if not (cached / "config.json").is_file():
             return gguf_dims(asset_gguf(str(name_or_path)))
         path = cached
+    elif not path.is_dir():
+        path = hub_cache_dir(str(name_or_path)) or path
     if not (path / "config.json").is_file():
         raise _unknown_model(str(name_or_path))
     config = json.loads((path / "config.json").read_text())

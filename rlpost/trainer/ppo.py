@@ -46,6 +46,8 @@ class PPOTrainer:
         schemas = self.rollout.tool_schemas
         self.train_data = RLDataset.from_config(d.train_files, tokenizer, d, schemas, self.vision)
         self.val_data = RLDataset.from_config(d.val_files, tokenizer, d, schemas, self.vision) if d.val_files else None
+        for data in filter(None, (self.train_data, self.val_data)):
+            data.check_agent_loop(cfg.rollout.multi_turn.enable)
         self.sampler = BatchSampler(len(self.train_data), d.train_batch_size, d.shuffle, d.seed)
         self.prompts = PromptBatches(self.train_data, self.sampler, tokenizer.pad_token_id)
         self.total_steps = total_steps(self.sampler.steps_per_epoch, cfg.trainer.total_epochs,
@@ -121,7 +123,8 @@ class PPOTrainer:
         self.signal.update(self.step, metrics)
         self.tracker.log(metrics, self.step)
         self.tracker.log_samples(sample_rows(batch, cfg.trainer.log_samples), self.step)
-        if last or (cfg.trainer.save_every and self.step % cfg.trainer.save_every == 0):
+        every = cfg.trainer.save_every
+        if every >= 0 and (last or (every and self.step % every == 0)):
             self.save()
 
     def validate(self) -> dict:
