@@ -40,6 +40,12 @@ COMMON = [
 ]
 
 
+# a chat template that writes tool schemas (verl's geo3k YAML brings a longer one for Qwen2.5-VL)
+TOOLS_TEMPLATE = ("{% if tools %}<|im_start|>system\n# Tools\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}"
+                  "<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+                  "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
 def experiment(tmp_path: Path, name: str, body: dict) -> list[str]:
     """An experiment YAML in verl's layout, and the Hydra flags that name it."""
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({
@@ -112,7 +118,7 @@ def test_search_r1_with_dynamic_batches_and_a_warmup_ratio(tmp_path):
         "data": {"max_prompt_length": 4096, "max_response_length": 3000, "train_batch_size": 512,
                  "return_raw_chat": True, "shuffle": False},
         "actor_rollout_ref": {"hybrid_engine": True, "rollout": {"name": "sglang", "multi_turn": {
-            "enable": True, "max_assistant_turns": 2, "format": "hermes"}}}})
+            "enable": True, "max_assistant_turns": 2, "format": "qwen"}}}})
     cfg, t = translated(*flags, *COMMON, "data.max_prompt_length=4096", "data.max_response_length=3000",
                         "data.train_batch_size=512", "data.val_batch_size=256",
                         "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.285",
@@ -126,13 +132,14 @@ def test_search_r1_with_dynamic_batches_and_a_warmup_ratio(tmp_path):
     assert cfg.data.max_response_length == 3000 and cfg.data.shuffle is False and not cfg.trainer.val_before_train
     assert cfg.rollout.multi_turn.max_assistant_turns == 2 and cfg.rollout.multi_turn.format == "hermes"
     assert "max_prompt_length" in ignored(t)["actor_rollout_ref.rollout.max_model_len"]
+    assert "hermes" in dict(t.notes)["actor_rollout_ref.rollout.multi_turn.format"]  # older verl's SGLang parser name
 
 
 def test_geo3k_multiturn_with_a_vision_model(tmp_path):
     flags = experiment(tmp_path, "geo3k_multiturn_grpo", {
         "data": {"max_prompt_length": 2048, "max_response_length": 2048, "train_batch_size": 256,
                  "return_raw_chat": True},
-        "actor_rollout_ref": {"hybrid_engine": True, "rollout": {
+        "actor_rollout_ref": {"hybrid_engine": True, "model": {"custom_chat_template": TOOLS_TEMPLATE}, "rollout": {
             "name": "sglang", "multi_turn": {"enable": True, "max_assistant_turns": 5}}}})
     cfg, _ = translated(*flags, *COMMON, "actor_rollout_ref.model.path=Qwen/Qwen2.5-VL-3B-Instruct",
                         "data.max_prompt_length=2048", "data.max_response_length=2048",
@@ -141,6 +148,20 @@ def test_geo3k_multiturn_with_a_vision_model(tmp_path):
                         "+actor_rollout_ref.actor.freeze_vision_tower=True")
     assert cfg.actor.model_path == "Qwen/Qwen2.5-VL-3B-Instruct" and cfg.actor.freeze_vision_tower
     assert cfg.data.max_prompt_length == 2048 and cfg.rollout.multi_turn.enable
+    assert cfg.actor.chat_template == TOOLS_TEMPLATE  # verl's geo3k YAML brings a template that writes tool schemas
+
+
+def test_a_custom_chat_template_replaces_the_tokenizers(tmp_path):
+    from rlpost.models.hf import load_tokenizer
+    from rlpost.rollout.chat import renders_tools
+    from rlpost.testing.tiny_models import make_tiny_vl_checkpoint
+
+    model = make_tiny_vl_checkpoint(tmp_path / "vl")
+    tools = [{"type": "function", "function": {"name": "calc_geo3k_reward", "description": "",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    tokenizer = load_tokenizer(model, TOOLS_TEMPLATE)
+    assert renders_tools(tokenizer, tools) and "calc_geo3k_reward" in tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tools=tools, tokenize=False)
 
 
 def test_hydra_syntax_and_interpolations(tmp_path, monkeypatch):

@@ -78,6 +78,7 @@ class ActorConfig(TrainedRoleConfig):
     kl_loss_type: str = rule(choices=KL_ESTIMATORS.names)
     loss_scale_factor: float | None = rule(gt=0.0)
     freeze_vision_tower: bool  # vision-language models: train the language model only
+    chat_template: str | None  # a Jinja chat template used instead of the tokenizer's
 
 
 @dataclass

@@ -115,6 +115,13 @@ def _rollout_name(value: Any, given: dict[str, Any]) -> Outcome:
         f"the training GPUs; {value} servers run with cluster.placement=split (rollout.engine=sglang)"))
 
 
+def _tool_format(value: Any, given: dict[str, Any]) -> Outcome:
+    """verl's older SGLang rollout took SGLang's parser names: qwen / qwen25 are the hermes <tool_call> format."""
+    if value in ("qwen", "qwen25"):
+        return Outcome({"rollout.multi_turn.format": "hermes"}, note=f"{value!r} is the <tool_call> format: hermes")
+    return Outcome({"rollout.multi_turn.format": value})
+
+
 def _same_as(data_key: str, why: str = "") -> Rule:
     """A key whose value rlpost takes from `data_key` (verl's rollout lengths default to data's): a different value
     is refused."""
@@ -227,7 +234,7 @@ RULES: dict[str, Rule] = {
     f"{_M}.trust_remote_code": ignore("rlpost builds Llama and Qwen2/2.5/3 (VL) itself; no remote code runs"),
     f"{_M}.external_lib": only(lambda v: v is None, "rlpost builds only the architectures it knows"),
     f"{_M}.override_config": only(lambda v: not v, "rlpost takes the model's config as it is"),
-    f"{_M}.custom_chat_template": only(lambda v: v is None, "the tokenizer's own chat template is used"),
+    f"{_M}.custom_chat_template": to("actor.chat_template"),
     f"{_M}.lora_rank": only(_falsy, "LoRA is not built; rlpost trains all weights"),
     f"{_M}.lora.rank": only(_falsy, "LoRA is not built; rlpost trains all weights"),
     f"{_M}.lora": ignore("LoRA is not built"),
@@ -317,7 +324,7 @@ RULES: dict[str, Rule] = {
     f"{_R}.checkpoint_engine.update_weights_bucket_megabytes": to("rollout.update_weights_bucket_mb"),
     f"{_R}.checkpoint_engine": ignore("weights reach the servers through rlpost's resharding"),
     f"{_R}.multi_stage_wake_up": ignore("the hybrid engine wakes weights and KV cache as it needs"),
-    f"{_R}.over_sample_rate": only(_falsy, "rollouts are not cut short"),
+    f"{_R}.over_sample_rate": ignore("rlpost waits for every sample (verl aborts the slowest share to save time)"),
     f"{_R}.agent.num_workers": ignore("rlpost runs agent loops concurrently in one event loop"),
     f"{_R}.agent.default_agent_loop": ignore("the agent loop is chosen by rollout.multi_turn.enable"),
     f"{_R}.agent.agent_loop_config_path": only(lambda v: v is None, "custom agent loops are not built"),
@@ -331,7 +338,7 @@ RULES: dict[str, Rule] = {
     f"{_R}.multi_turn.tool_response_truncate_side": to("rollout.multi_turn.tool_response_truncate_side"),
     f"{_R}.multi_turn.tool_config_path": to("rollout.multi_turn.tool_config_path"),
     f"{_R}.multi_turn.interaction_config_path": to("rollout.multi_turn.interaction_config_path"),
-    f"{_R}.multi_turn.format": to("rollout.multi_turn.format"),
+    f"{_R}.multi_turn.format": _tool_format,
     f"{_R}.multi_turn.use_inference_chat_template": only(
         _falsy, "rlpost trains on the tokens the policy saw, through the chat template as it renders"),
     f"{_R}.multi_turn.tokenization_sanity_check_mode": ignore(

@@ -84,12 +84,15 @@ def model_dims(name_or_path: str | Path) -> dict:
     }
 
 
-def load_tokenizer(name_or_path: str | Path):
-    """The model's tokenizer; a chat template is required because every prompt goes through it."""
+def load_tokenizer(name_or_path: str | Path, chat_template: str | None = None):
+    """The model's tokenizer, with `chat_template` in place of its own when given; a chat template is required
+    because every prompt goes through it."""
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    if chat_template:
+        tokenizer.chat_template = chat_template
     if not tokenizer.chat_template:
         raise ValueError(f"tokenizer in '{path}' has no chat template (tokenizer_config.json: chat_template)")
     if tokenizer.pad_token_id is None:

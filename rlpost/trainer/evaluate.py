@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rlpost.atomic import atomic_file
 from rlpost.config.schema import RLConfig
-from rlpost.models.hf import resolve_model_path
+from rlpost.models.hf import load_tokenizer, resolve_model_path
 from rlpost.trainer import checkpoints
 
 HF_EXPORT = "actor_hf"  # a checkpoint's actor weights as an HF directory
@@ -32,8 +32,6 @@ def resolve_model(spec: str) -> Path:
 def evaluate(cfg: RLConfig, model: str, data_files: list[str], progress=None) -> dict:
     """cfg's data, rollout.val_sampling and reward applied to `data_files` (its data.val_max_samples first prompts);
     returns the model, the settings and validation's metrics."""
-    from transformers import AutoTokenizer
-
     from rlpost.data.dataset import RLDataset
     from rlpost.data.images import PromptVision
     from rlpost.rewards.reward import Reward
@@ -44,7 +42,7 @@ def evaluate(cfg: RLConfig, model: str, data_files: list[str], progress=None) ->
     path = resolve_model(model)
     d, r = cfg.data, cfg.rollout
     cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, placement="split"))  # memory stays put
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(path, cfg.actor.chat_template)
     host = EngineHost(str(path), r, d.max_prompt_length + d.max_response_length, cfg.trainer.seed, host="127.0.0.1")
     vision = PromptVision.for_model(path)
     rollout = Rollout(cfg, tokenizer, vision)

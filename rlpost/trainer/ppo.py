@@ -39,7 +39,7 @@ class PPOTrainer:
         save_config(cfg, self.run_dir / "config.yaml")
         actor_dir = str(resolve_model_path(cfg.actor.model_path))
         model_dirs = {"actor": actor_dir, "critic": str(resolve_model_path(cfg.critic.model_path or actor_dir))}
-        tokenizer = load_tokenizer(actor_dir)
+        tokenizer = load_tokenizer(actor_dir, cfg.actor.chat_template)
         self.vision = PromptVision.for_model(actor_dir)
         self.rollout = Rollout(cfg, tokenizer, self.vision)
         d = cfg.data
