@@ -74,7 +74,12 @@ def test_gsm8k_multiturn_with_sglang(tmp_path):
             "name": "sglang", "multi_turn": {"enable": True, "max_assistant_turns": 5}}}})
     cfg, t = translated(*flags, *COMMON, "trainer.experiment_name=qwen2.5-3b_gsm8k-sgl-multi-w-tool",
                         "data.train_files=/data/gsm8k/train.parquet", "data.val_files=/data/gsm8k/test.parquet",
-                        "actor_rollout_ref.rollout.multi_turn.tool_config_path=/verl/gsm8k_tool_config.yaml")
+                        "actor_rollout_ref.rollout.multi_turn.tool_config_path=/verl/gsm8k_tool_config.yaml",
+                        "actor_rollout_ref.rollout.multi_stage_wake_up=True", "actor_rollout_ref.rollout.mode=async",
+                        "actor_rollout_ref.rollout.over_sample_rate=0.1", "global_profiler.tool=torch_memory",
+                        "global_profiler.save_path=./mem_snapshots", "trainer.val_before_train=True",
+                        "global_profiler.global_tool_config.torch_memory.trace_alloc_max_entries=100000",
+                        "global_profiler.global_tool_config.torch_memory.stack_depth=32")
     assert cfg.actor.model_path == "Qwen/Qwen2.5-3B-Instruct" and cfg.actor.optim.lr == 1e-6
     assert (cfg.actor.ppo_mini_batch_size, cfg.actor.micro_batch_size, cfg.ref.micro_batch_size) == (256, 32, 32)
     assert cfg.actor.use_kl_loss and cfg.actor.kl_loss_coef == 0.001 and cfg.actor.kl_loss_type == "low_var_kl"
@@ -105,7 +110,8 @@ def test_megatron_grpo_on_math_with_verls_own_trainer_config():
         "actor_rollout_ref.ref.megatron.pipeline_model_parallel_size=2",
         "actor_rollout_ref.ref.megatron.tensor_model_parallel_size=2", "actor_rollout_ref.rollout.name=vllm",
         "actor_rollout_ref.rollout.n=5", "data.train_batch_size=1024", "trainer.save_freq=20", "trainer.test_freq=5",
-        "trainer.experiment_name=qwen2_7b_megatron")
+        "trainer.experiment_name=qwen2_7b_megatron", "actor_rollout_ref.model.use_fused_kernels=True",
+        "actor_rollout_ref.rollout.mode=async")
     assert (cfg.actor.tp, cfg.actor.pp, cfg.actor.micro_batch_size) == (2, 2, 4)
     assert cfg.data.train_files == ["/data/gsm8k/train.parquet", "/data/math/train.parquet"]
     assert cfg.trainer.save_every == 20 and cfg.trainer.val_every == 5 and cfg.rollout.sampling.n == 5
@@ -145,8 +151,14 @@ def test_geo3k_multiturn_with_a_vision_model(tmp_path):
                         "data.max_prompt_length=2048", "data.max_response_length=2048",
                         "data.train_files=/data/geo3k_multiturn_w_tool/train.parquet",
                         "actor_rollout_ref.rollout.multi_turn.tool_config_path=/verl/geo3k_tool_config.yaml",
-                        "+actor_rollout_ref.actor.freeze_vision_tower=True")
+                        "+actor_rollout_ref.actor.freeze_vision_tower=True",
+                        # the 4-GPU variant's token budgets, which do nothing without use_dynamic_bsz
+                        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=8192",
+                        "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=8192",
+                        "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=8192",
+                        "critic.ppo_max_token_len_per_gpu=8192", "critic.forward_max_token_len_per_gpu=8192")
     assert cfg.actor.model_path == "Qwen/Qwen2.5-VL-3B-Instruct" and cfg.actor.freeze_vision_tower
+    assert cfg.actor.max_tokens_per_micro_batch is None and cfg.ref.max_tokens_per_micro_batch is None
     assert cfg.data.max_prompt_length == 2048 and cfg.rollout.multi_turn.enable
     assert cfg.actor.chat_template == TOOLS_TEMPLATE  # verl's geo3k YAML brings a template that writes tool schemas
 
