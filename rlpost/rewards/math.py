@@ -29,13 +29,13 @@ def last_boxed_answer(response: str) -> str | None:
         start = response.rfind("\\fbox")  # found, but never a valid answer: only `\boxed{` is unwrapped
         if start < 0:
             return None
-    end = _closing_brace(response, start)
+    end = closing_brace(response, start)
     if end is None or not response.startswith(_OPEN_BOX, start):
         return None
     return response[start + len(_OPEN_BOX): end]
 
 
-def _closing_brace(text: str, start: int) -> int | None:
+def closing_brace(text: str, start: int) -> int | None:
     """Index of the `}` at which the brace depth counted from `start` first comes back to zero."""
     depth = 0
     for i in range(start, len(text)):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from rlpost.rewards.math import closing_brace
+
 TAIL_CHARS = 300  # the longest MATH-500 answer is well inside this
 STRICT_BOX_CHARS = 100
 NO_ANSWER = "[INVALID]"
@@ -62,17 +64,8 @@ def normalize_final_answer(answer: str) -> str:
 def last_boxed_content(text: str) -> str | None:
     """The content of the last `\\boxed{...}` whose braces close, else None."""
     start = text.rfind(_OPEN_BOX)
-    if start < 0:
-        return None
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + len(_OPEN_BOX): i]
-    return None
+    end = closing_brace(text, start) if start >= 0 else None
+    return None if end is None else text[start + len(_OPEN_BOX): end]
 
 
 def minerva_check(response: str, ground_truth: str) -> tuple[bool, str]:
