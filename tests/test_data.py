@@ -131,7 +131,8 @@ def test_overlong_prompts_filtered_counted_or_truncated(tmp_path, tokenizer, cap
     full = RLDataset([path], tokenizer, max_prompt_length=10_000)[1].prompt_ids
     left = RLDataset([path], tokenizer, max_prompt_length=50, filter_overlong=False, truncation="left")[1].prompt_ids
     right = RLDataset([path], tokenizer, max_prompt_length=50, filter_overlong=False, truncation="right")[1].prompt_ids
-    middle = RLDataset([path], tokenizer, max_prompt_length=51, filter_overlong=False, truncation="middle")[1].prompt_ids
+    middle = RLDataset([path], tokenizer, max_prompt_length=51, filter_overlong=False,
+                       truncation="middle")[1].prompt_ids
     assert left == full[-50:] and right == full[:50] and short_len < 50
     assert middle == full[:25] + full[-26:]  # verl's: the first half and the last, the longer half at the end
     with pytest.raises(ValueError, match="no prompts left"):

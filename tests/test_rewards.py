@@ -7,23 +7,79 @@ from rlpost.rewards.gsm8k import compute_score, extract_answer
 from rlpost.rewards.registry import REWARD_FUNCTIONS, RewardError, RewardScorer, load_custom_function
 
 
+# GSM8K follows verl/utils/reward_score/gsm8k.py; these answers are worked out by hand from its rules (the last
+# 300 characters; strict: "#### " then [-][0-9.,]+, commas removed; flexible: the last [-][0-9.,]+ run that is not
+# "." alone, kept as written; string comparison with the ground truth).
 @pytest.mark.parametrize("text,method,expected", [
     ("so 3 + 4 = 7\n#### 7", "strict", "7"),
-    ("#### 1,250.", "strict", "1250"),
-    ("#### $-3.5", "strict", "-3.5"),
+    ("#### 1,250.", "strict", "1250."),  # commas go, the sentence's dot stays
+    ("#### $-3.5", "strict", None),  # "$" is not in the answer's characters, so nothing follows "#### "
+    ("#### -3.5", "strict", "-3.5"),
+    ("####18", "strict", None),  # "#### " needs its space
+    ("####  18", "strict", None),  # and exactly one
+    ("##### 18", "strict", "18"),  # the last four hashes and the space match
     ("first #### 2 then #### 5", "strict", "5"),
+    ("#### 18 and then 19", "strict", "18"),
+    ("#### ,,,", "strict", ""),  # an answer, empty once the commas go
     ("the answer is 42", "strict", None),
     ("the answer is 42, not 41", "flexible", "41"),
-    ("costs $1,000 in total.", "flexible", "1000"),
+    ("the answer is 42, not 41.", "flexible", "41."),  # "41." is one run
+    ("the answer is 41. Done.", "flexible", "41."),  # the last "." alone is skipped
+    ("costs $1,000 in total.", "flexible", "1,000"),  # flexible keeps commas
+    ("so 5, then", "flexible", "5,"),
+    ("#### 18", "flexible", "18"),
+    ("dots . only .", "flexible", "."),  # every run is "." alone: the first stands
     ("no digits", "flexible", None),
 ])
 def test_extraction(text, method, expected):
     assert extract_answer(text, method) == expected
 
 
+@pytest.mark.parametrize("text,method,truth,expected", [
+    ("#### 18", "strict", "18", 1.0),
+    ("#### 18.00", "strict", "18", 0.0),  # strings, not numbers
+    ("#### 18.", "strict", "18", 0.0),
+    ("####18", "strict", "18", 0.0),  # no answer: 0 even with a format score
+    ("#### $5", "strict", "5", 0.0),
+    ("#### 1,000", "strict", "1000", 1.0),
+    ("#### -7", "strict", "-7", 1.0),
+    ("#### 18", "strict", 18, 0.0),  # a ground truth that is not a string never equals the answer
+    ("I think 18", "strict", "18", 0.0),
+    ("I think 18", "flexible", "18", 1.0),
+    ("I think 18.", "flexible", "18", 0.0),
+    ("it is 1,000", "flexible", "1000", 0.0),
+    ("#### 17 and 18", "flexible", "18", 1.0),
+    ("#### 18 and 17", "flexible", "18", 0.0),
+])
+def test_gsm8k_verl_semantics(text, method, truth, expected):
+    assert compute_score(text, truth, method=method) == expected
+
+
+@pytest.mark.parametrize("method", ["strict", "flexible"])
+def test_gsm8k_reads_the_last_300_characters(method):
+    answer = "#### 18"
+    assert compute_score(answer + "x" * 293, "18", method=method) == 1.0  # 300 characters: all read
+    # 301: the first "#" falls off, leaving "### 18": strict finds nothing, flexible still reads 18
+    assert compute_score(answer + "x" * 294, "18", method=method) == float(method == "flexible")
+    assert compute_score(answer + "x" * 300, "18", method=method, format_score=0.1) == 0.0  # all of it falls off
+    assert compute_score("x" * 1000 + answer, "18", method=method) == 1.0
+    # 12345 straddles the cut: only "45" is left of it
+    assert compute_score("#### 12345" + "y" * 298, "45", method=method) == float(method == "flexible")
+
+
+def test_gsm8k_format_score_and_score():
+    assert compute_score("#### 17", "18", format_score=0.1) == 0.1  # an answer, wrong
+    assert compute_score("#### 18.0", "18", format_score=0.1) == 0.1
+    assert compute_score("no answer", "18", format_score=0.1) == 0.0  # no answer: 0, not the format score
+    assert compute_score("####18", "18", format_score=0.1) == 0.0
+    assert compute_score("#### 18", "18", format_score=0.1, score=2.0) == 2.0
+    assert compute_score("words only", "18", method="flexible", format_score=0.1) == 0.0
+    assert compute_score("it is 17", "18", method="flexible", format_score=0.1) == 0.1
+    assert compute_score("dots . only", "18", method="flexible", format_score=0.1) == 0.1  # "." counts as found
+
+
 def test_gsm8k_scores():
     assert compute_score("#### 18", "18") == 1.0
-    assert compute_score("#### 18.00", "18") == 1.0
     assert compute_score("#### 17", "18") == 0.0
     assert compute_score("#### 17", "18", format_score=0.1) == 0.1
     assert compute_score("I think 18", "18") == 0.0

@@ -59,7 +59,8 @@ def test_gsm8k_tool_rewards_improvement_and_penalises_repeats(tmp_path):
     tool = load_tools(write(tmp_path, VERL_GSM8K_TOOL))["calc_gsm8k_reward"]
 
     async def episode():
-        instance, _ = await tool.create("t1", ground_truth="1,072")
+        # ground truths as verl's GSM8K preprocessing writes them, without commas: the answer is compared as a string
+        instance, _ = await tool.create("t1", ground_truth="1072")
         steps = [await tool.execute(instance, {"answer": a}) for a in ("70", "1072", "#### 1072")]
         final = await tool.calc_reward(instance)
         await tool.release(instance)

@@ -96,7 +96,8 @@ async def generate(client: SGLangClient, prompts: Batch, *, n: int, sampling: di
 
 def to_batch(samples: list[Sample], pad_token_id: int) -> Batch:
     """Samples -> the training Batch (see the module docstring); a scored sample's score lands in
-    `token_level_scores` at the position that predicts its last response token."""
+    `token_level_scores` at the position that predicts its last response token. Fields: the union of the samples'
+    keys, None where a sample lacks one."""
     lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
     width = max(lengths)
     n = len(samples)
@@ -117,7 +118,9 @@ def to_batch(samples: list[Sample], pad_token_id: int) -> Batch:
         scores = torch.zeros(n, width - 1)
         scores[torch.arange(n), torch.tensor(lengths) - 2] = torch.tensor([s.fields["score"] for s in samples])
         tensors["token_level_scores"] = scores
-    keys = samples[0].fields.keys()
-    fields = {k: [s.fields[k] for s in samples] for k in keys}
+    # every key any sample has: samples of different data_sources carry different reward extras (math_dapo's acc and
+    # pred, none from gsm8k); a sample without a key holds None there
+    keys = dict.fromkeys(k for s in samples for k in s.fields)
+    fields = {k: [s.fields.get(k) for s in samples] for k in keys}
     fields |= {"response_text": [s.text for s in samples], "finish_reason": [s.finish_reason for s in samples]}
     return Batch(tensors=tensors, fields=fields)

@@ -173,5 +173,5 @@ def varied_groups(samples: list[Sample], metric: str) -> list[int]:
     groups: dict = {}
     for i, s in enumerate(samples):
         groups.setdefault(s.fields["uid"], []).append(i)
-    return [i for members in groups.values() if len({samples[j].fields[metric] for j in members}) > 1
+    return [i for members in groups.values() if len({samples[j].fields.get(metric) for j in members}) > 1
             for i in members]

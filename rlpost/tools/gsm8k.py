@@ -20,7 +20,7 @@ class Gsm8kTool(AnswerCheckTool):
                            "The final answer, a number"}}, "required": ["answer"]})
 
     def submitted(self, answer: str) -> str:
-        return answer if answer.startswith("####") else f"#### {answer}"
+        return answer if answer.startswith("#### ") else f"#### {answer}"  # verl's test: with the space
 
     def score(self, answer: str, ground_truth: str) -> float:
         return compute_score(answer, ground_truth, method="flexible")

@@ -26,6 +26,13 @@ def _mean(x: torch.Tensor, mask: torch.Tensor) -> float:
     return float(masked_mean(x, mask))
 
 
+def present_mean(values) -> float | None:
+    """The mean of the values that are not None (a mixed batch holds None where a sample's reward function reported
+    no such extra, e.g. gsm8k's samples beside math_dapo's `acc`); None when no sample has one."""
+    present = [float(v) for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
 def batch_metrics(batch: Batch, cfg: RLConfig) -> dict:
     """What the step's batch says: rewards, lengths, advantages, values; with the old-log-prob pass, the entropy of
     the policy before this step's update (verl's actor/entropy, aggregated like the loss; without the pass, the
@@ -34,8 +41,9 @@ def batch_metrics(batch: Batch, cfg: RLConfig) -> dict:
     scores = torch.tensor(batch["score"], dtype=torch.float32)
     out = {"reward/mean": float(scores.mean()), "reward/std": float(scores.std()) if len(batch) > 1 else 0.0,
            "reward/max": float(scores.max()), "reward/min": float(scores.min())}
-    if "acc" in batch:
-        out["reward/acc"] = sum(float(a) for a in batch["acc"]) / len(batch)
+    acc = present_mean(batch["acc"]) if "acc" in batch else None
+    if acc is not None:
+        out["reward/acc"] = acc
     lengths = batch["response_lengths"]
     out |= _stats("response_length", lengths) | _stats("prompt_length", batch["prompt_lengths"])
     out["response_length/std"] = float(lengths.float().std()) if len(batch) > 1 else 0.0
@@ -51,9 +59,10 @@ def batch_metrics(batch: Batch, cfg: RLConfig) -> dict:
                                               Denominators.of(mask, loss.loss_scale_factor)))
     if "ref_log_probs" in batch and "old_log_probs" in batch:
         out["actor/kl_ref"] = _mean(batch["old_log_probs"] - batch["ref_log_probs"], mask)
-    if "num_turns" in batch:
-        out["multi_turn/num_turns_mean"] = sum(batch["num_turns"]) / len(batch)
-        out["multi_turn/tool_calls_mean"] = sum(batch["tool_calls"]) / len(batch)
+    for key, name in (("num_turns", "multi_turn/num_turns_mean"), ("tool_calls", "multi_turn/tool_calls_mean")):
+        mean = present_mean(batch[key]) if key in batch else None
+        if mean is not None:
+            out[name] = mean
     if "old_log_probs" in batch:
         diff = (batch["rollout_log_probs"] - batch["old_log_probs"]).abs()
         out["actor/rollout_logprob_diff_mean"] = _mean(diff, mask)

@@ -24,12 +24,13 @@ def validate(rollout: Rollout, data: RLDataset, reward: Reward, cfg: RLConfig) -
     out = {}
     for source, group in sorted(by_source.items()):
         out[f"val/{source}/reward_mean"] = sum(s.fields["score"] for s in group) / len(group)
-        if all("acc" in s.fields for s in group):
-            out[f"val/{source}/acc"] = sum(float(s.fields["acc"]) for s in group) / len(group)
+        scored = [s for s in group if s.fields.get("acc") is not None]  # the samples whose reward reported acc
+        if scored:
+            out[f"val/{source}/acc"] = sum(float(s.fields["acc"]) for s in scored) / len(scored)
             n = cfg.rollout.val_sampling.n
             if n > 1:
                 solved: dict = {}
-                for s in group:
+                for s in scored:
                     solved[s.fields["uid"]] = solved.get(s.fields["uid"], False) or bool(s.fields["acc"])
                 out[f"val/{source}/pass@{n}"] = sum(solved.values()) / len(solved)
         out[f"val/{source}/response_length_mean"] = sum(len(s.response_ids) for s in group) / len(group)
