@@ -199,6 +199,14 @@ def test_hydra_syntax_and_interpolations(tmp_path, monkeypatch):
     assert cfg.rollout.sampling.n == 4  # ~key: back to rlpost's default
     assert cfg.reward.custom_function == "/r/mine.py:score_it" and cfg.reward.kwargs == {"method": "flexible"}
     assert cfg.actor.optim.lr_warmup_steps == 0
+    dapo, dapo_t = translated("algorithm.filter_groups.enable=True", "+algorithm.filter_groups.metric=seq_reward",
+                         "+data.gen_batch_size=16", "data.train_batch_size=16",
+                         "+reward_model.reward_kwargs.overlong_buffer_cfg.enable=True",
+                         "+reward_model.reward_kwargs.overlong_buffer_cfg.len=128",
+                         "+reward_model.reward_kwargs.max_resp_len=${data.max_response_length}")
+    assert dapo.algorithm.filter_groups.metric == "score" and dapo.reward.overlong_buffer.enable
+    assert dapo.reward.overlong_buffer.len == 128 and "sequence's score" in dict(dapo_t.notes)[
+        "algorithm.filter_groups.metric"]
     # verl's agent loop reads val_kwargs.temperature, not do_sample (0, the default, is greedy)
     assert "does not read it" in ignored(t)["actor_rollout_ref.rollout.val_kwargs.do_sample"]
     with pytest.raises(ConfigError, match=r"data.max_response_length \(from override 'data.max_response_length="

@@ -115,6 +115,17 @@ def _rollout_name(value: Any, given: dict[str, Any]) -> Outcome:
         f"the training GPUs; {value} servers run with cluster.placement=split (rollout.engine=sglang)"))
 
 
+def _filter_metric(value: Any, given: dict[str, Any]) -> Outcome:
+    """DAPO's group filter: verl's seq_reward is the sequence's score; seq_final_reward is too unless a KL penalty
+    is in the reward."""
+    if value == "seq_reward" or (value == "seq_final_reward" and not given.get("algorithm.use_kl_in_reward")):
+        return Outcome({"algorithm.filter_groups.metric": "score"}, note=f"{value} is the sequence's score here")
+    if value == "seq_final_reward":
+        return Outcome(refused="seq_final_reward with algorithm.use_kl_in_reward=true (the score minus the KL "
+                               "penalty) is not a filter metric rlpost has; use score or acc")
+    return Outcome({"algorithm.filter_groups.metric": value})
+
+
 def _tool_format(value: Any, given: dict[str, Any]) -> Outcome:
     """verl's older SGLang rollout took SGLang's parser names: qwen / qwen25 are the hermes <tool_call> format."""
     if value in ("qwen", "qwen25"):
@@ -412,6 +423,7 @@ RULES: dict[str, Rule] = {
     "reward_model.sandbox_fusion": only(lambda v: not v or not v.get("url"), "reward-side Sandbox Fusion is not "
                                                                               "built; the code tool is"),
     # ---- algorithm ----------------------------------------------------------------------------------------------
+    "algorithm.filter_groups.metric": _filter_metric,
     "algorithm.use_pf_ppo": only(_falsy, "PF-PPO is not built"),
     "algorithm.pf_ppo": ignore("PF-PPO is not built"),
     "algorithm.rollout_correction": only(lambda v: not v, "rollout importance-sampling correction is not built"),
