@@ -227,6 +227,10 @@ def test_hydra_syntax_and_interpolations(tmp_path, monkeypatch):
      "did you mean 'actor_rollout_ref.rollout.multi_turn.max_assistant_turns'"),
     ("actor_rollout_ref.actor.use_dynamic_bsz=True", "needs actor_rollout_ref.actor.ppo_max_token_len_per_gpu"),
     ("trainer.resume_mode=resume_path", "needs trainer.resume_from_path"),
+    ("actor.ppo_micro_batch_size_per_gpu=4", "is not an rlpost key; did you mean 'actor.micro_batch_size' (verl's "
+                                             "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu)?"),
+    ("rollout.tensor_model_parallel_size=2", "did you mean 'rollout.infer_tp' (verl's "
+                                             "actor_rollout_ref.rollout.tensor_model_parallel_size)?"),
 ])
 def test_keys_that_would_change_results_are_refused_with_their_reason(override, reason):
     with pytest.raises(ConfigError) as e:

@@ -483,6 +483,11 @@ def translate_key(key: str, value: Any, given: dict[str, Any], rlpost_keys: set[
         rule = RULES.get(".".join(parts[:n]))
         if rule is not None:
             return rule(value, given)
+    if key not in rlpost_keys and any(k.startswith(parts[0] + ".") for k in rlpost_keys):
+        hints = sorted({f"'{target}' (verl's {verl_key})" for verl_key, target in renames().items()
+                        if verl_key.endswith("." + parts[-1]) and target.startswith(parts[0] + ".")})
+        if hints:  # a verl key's last part under an rlpost section, e.g. actor.ppo_micro_batch_size_per_gpu
+            return Outcome(refused=f"is not an rlpost key; did you mean {' or '.join(hints)}?")
     if key in rlpost_keys or any(k.startswith(parts[0] + ".") for k in rlpost_keys):
         return Outcome({key: value})  # rlpost's sections check their own keys, naming the closest
     return Outcome(refused=f"is neither an rlpost key nor a verl key rlpost knows"
@@ -643,15 +648,24 @@ def verl_names(rlpost_defaults: dict[str, Any]) -> dict:
 
     for key, value in rlpost_defaults.items():
         put(key, value)
+    for key, target in renames().items():
+        if target in rlpost_defaults:
+            put(key, rlpost_defaults[target])
+    return tree
+
+
+def renames() -> dict[str, str]:
+    """{verl key: rlpost key} for the rules that only rename (probed with a value that a conversion would reject)."""
+    out = {}
     for key, rule in RULES.items():
         try:
             outcome = rule(_Probe(), {})
         except Exception:  # rules that compute from their value cannot be probed; they are not renames
             continue
-        for target, v in outcome.settings.items():
-            if isinstance(v, _Probe) and target in rlpost_defaults:
-                put(key, rlpost_defaults[target])
-    return tree
+        targets = [target for target, v in outcome.settings.items() if isinstance(v, _Probe)]
+        if len(targets) == 1:
+            out[key] = targets[0]
+    return out
 
 
 class _Probe:
