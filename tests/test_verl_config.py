@@ -196,11 +196,14 @@ def test_hydra_syntax_and_interpolations(tmp_path, monkeypatch):
     assert (cfg.actor.clip_ratio_low, cfg.actor.clip_ratio_high) == (0.2, 0.28)
     assert "take precedence" in ignored(t)["actor_rollout_ref.actor.clip_ratio"]
     assert cfg.data.val_max_samples is None and cfg.trainer.resume == "disable"
-    assert cfg.rollout.sampling.n == 4  # ~key: back to rlpost's default
+    assert cfg.rollout.sampling.n == 1  # ~key: back to the default, verl's on a verl command line
     assert cfg.reward.custom_function == "/r/mine.py:score_it" and cfg.reward.kwargs == {"method": "flexible"}
     assert cfg.actor.optim.lr_warmup_steps == 0
     dapo, dapo_t = translated("algorithm.filter_groups.enable=True", "+algorithm.filter_groups.metric=seq_reward",
                          "+data.gen_batch_size=16", "data.train_batch_size=16",
+                         "actor_rollout_ref.actor.ppo_mini_batch_size=16",
+                         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+                         "critic.ppo_micro_batch_size_per_gpu=2",
                          "+reward_model.reward_kwargs.overlong_buffer_cfg.enable=True",
                          "+reward_model.reward_kwargs.overlong_buffer_cfg.len=128",
                          "+reward_model.reward_kwargs.max_resp_len=${data.max_response_length}")
@@ -274,3 +277,51 @@ def test_hub_ids_resolve_through_the_local_hugging_face_cache(tmp_path):
     assert out.returncode == 0, out.stderr
     assert lines[0] == str(snapshot) and lines[1] == "qwen2"
     assert f"'tiny-org/absent' is not in the local Hugging Face cache '{cache}'" in lines[2]
+
+
+def test_a_verl_command_line_starts_from_verls_defaults_and_an_rlpost_recipe_from_rlposts():
+    cfg, t = translated("actor_rollout_ref.model.path=m", "actor_rollout_ref.actor.ppo_mini_batch_size=64",
+                        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+                        "critic.ppo_micro_batch_size_per_gpu=4",
+                        "data.train_batch_size=256")
+    assert cfg.algorithm.adv_estimator == "gae" and cfg.rollout.sampling.n == 1 and cfg.trainer.total_epochs == 30
+    assert cfg.trainer.save_every == -1 and cfg.trainer.val_every == 0 and not cfg.data.filter_overlong_prompts
+    assert cfg.critic.ppo_mini_batch_size == 64  # verl's critic follows the actor's mini-batch
+    assert (cfg.rollout.infer_tp, cfg.cluster.n_gpus_per_node) == (2, 8)
+    assert "configs/verl/defaults.yaml" in dict(t.notes)["defaults"]
+    recipe = ROOT / "recipes" / "arithmetic" / "quickstart.yaml"
+    mixed, t = translated(str(recipe), "trainer.save_freq=5")
+    plain, _ = translated(str(recipe))
+    assert mixed.trainer.save_every == 5 and "defaults" not in dict(t.notes)
+    assert mixed.algorithm == plain.algorithm and mixed.rollout == plain.rollout and mixed.data == plain.data
+
+
+def test_what_a_review_found():
+    """Specific keys under a prefix rule, a later value winning, verl's own default values, strings where numbers
+    go, ~ on a mapping and inside interpolations."""
+    cfg, _ = translated("actor_rollout_ref.actor.policy_loss.loss_mode=gspo",
+                        "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
+                        "actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes=1024",
+                        "actor_rollout_ref.actor.use_dynamic_bsz=True",
+                        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=4096",
+                        "actor_rollout_ref.actor.use_dynamic_bsz=False",
+                        "actor_rollout_ref.actor.optim.warmup_style=null",
+                        "+algorithm.rollout_correction={rollout_is: null, rollout_is_threshold: 2.0, rollout_rs: null}",
+                        "reward.kwargs={method: flexible}", "~reward.kwargs", "data.max_prompt_length=100",
+                        "~data.max_prompt_length", "data.max_response_length=${data.max_prompt_length}",
+                        "actor_rollout_ref.rollout.name=sglang", "rollout.n_gpus_per_node=4")
+    assert cfg.actor.policy_loss == "gspo" and cfg.rollout.update_weights_bucket_mb == 1024
+    assert cfg.actor.max_tokens_per_micro_batch is None and cfg.reward.kwargs == {}
+    assert cfg.data.max_prompt_length == cfg.data.max_response_length == 512
+    assert cfg.rollout.engine == "sglang" and (cfg.cluster.placement, cfg.cluster.rollout_n_gpus) == ("split", 4)
+    for override, reason in [("actor_rollout_ref.model.lora.rank=32", "LoRA is not built"),
+                             ("trainer.test_freq=five", "cannot be read"),
+                             ("~actor_rollout_ref.rollout.name", "cannot be reset with ~")]:
+        with pytest.raises(ConfigError, match=reason):
+            translated(override)
+    nested = {"actor_rollout_ref": {"actor": {"policy_loss": {"loss_mode": "gspo", "clip_cov_ratio": 0.0002}}}}
+    from rlpost.config.verl import flatten
+
+    assert flatten(nested, {"actor_rollout_ref.actor.policy_loss", "actor_rollout_ref.actor.policy_loss.loss_mode"}) \
+        == {"actor_rollout_ref.actor.policy_loss.loss_mode": "gspo",
+            "actor_rollout_ref.actor.policy_loss.clip_cov_ratio": 0.0002}

@@ -71,13 +71,17 @@ def _nest(path: Path_, value: Any) -> dict:
     return value
 
 
+class Whole(dict):
+    """A mapping that replaces the value under its key instead of merging into it (`~key` of a dict setting)."""
+
+
 def _merge(dst: dict, src: dict, path: Path_, source: str, prov: dict[Path_, str]) -> None:
     for key, value in src.items():
         here = path + (str(key),)
-        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+        if isinstance(value, dict) and isinstance(dst.get(key), dict) and not isinstance(value, Whole):
             _merge(dst[key], value, here, source, prov)
             continue
-        dst[key] = copy.deepcopy(value)
+        dst[key] = dict(copy.deepcopy(value)) if isinstance(value, Whole) else copy.deepcopy(value)
         for old in [p for p in prov if p[: len(here)] == here]:
             del prov[old]
         prov[here] = source
@@ -215,13 +219,14 @@ def collect_layers(recipe: str | Path | None, overrides: Iterable[str], config_d
         (f"configs/{f.name}.yaml", {f.name: _read_yaml(config_dir / f"{f.name}.yaml", "default config")})
         for f in dataclasses.fields(RLConfig)
     ]
-    layers, given = list(defaults), []
+    layers, given, rlpost_recipe = list(defaults), [], False
     if recipe is not None:
         body = _read_yaml(Path(recipe), "recipe")
         if verl.is_verl_experiment(body):
             body = verl.experiment_body(Path(recipe), body)
         else:
             layers += _presets(recipe, body.pop("defaults", []) or [], config_dir)
+            rlpost_recipe = True
         given.append((str(recipe), body))
     for text in overrides:
         path, value = parse_override(text)
@@ -233,13 +238,25 @@ def collect_layers(recipe: str | Path | None, overrides: Iterable[str], config_d
     known = leaves | set(verl.RULES)
     flat_defaults = verl.flatten(default_values, known)
     entries = [(source, key, value) for source, tree in given for key, value in verl.flatten(tree, known).items()]
+    verl_defaults = "configs/verl/defaults.yaml (verl's default)"
+    verl_line = not rlpost_recipe and any(verl.is_verl_key(key, leaves) for _, key, _ in entries)
+    if verl_line:  # a verl command line: verl's defaults where they differ, under everything given
+        preset = _read_yaml(config_dir / "verl" / "defaults.yaml", "preset")
+        entries = [(verl_defaults, key, value) for key, value in verl.flatten(preset, known).items()] + entries
     entries = verl.resolve_interpolations(entries, verl.verl_names(flat_defaults))
     translation = verl.translate(entries, leaves, flat_defaults)
     if translation.refused:
         raise ConfigError(translation.refused)
+    if verl_line:
+        translation.notes.insert(0, ("defaults", "verl's where they differ from rlpost's in what runs "
+                                                 "(configs/verl/defaults.yaml: gae, n 1, 30 epochs, ...)"))
+    reset_to = dict(flat_defaults)  # what `~key` goes back to: verl's defaults on a verl command line
     for source, key, value in translation.settings:
         if value is verl.DELETE:
-            value = flat_defaults.get(key)
+            value = reset_to.get(key)
+            value = Whole(value) if isinstance(value, dict) else value
+        elif source.startswith(verl_defaults):
+            reset_to[key] = value
         layers.append((source, _nest(tuple(key.split(".")), value)))
     return layers, translation
 

@@ -21,7 +21,14 @@ from typing import Any
 from rlpost.registry import did_you_mean
 
 ARF = "actor_rollout_ref"
-DELETE = object()  # the value of Hydra's `~key`: back to rlpost's default
+class _Delete:
+    """The value of Hydra's `~key`: back to the default."""
+
+    def __repr__(self) -> str:
+        return "~ (the default)"
+
+
+DELETE = _Delete()
 VERL_BASES = ("ppo_trainer", "ppo_megatron_trainer")  # verl's trainer configs an experiment YAML may extend
 
 
@@ -71,7 +78,7 @@ def _dynamic_bsz(prefix: str, budget_key: str, target: str) -> Rule:
 
     def rule(value: Any, given: dict[str, Any]) -> Outcome:
         if not value:
-            return Outcome(ignored="off")
+            return Outcome({target: None})
         budget = given.get(f"{prefix}.{budget_key}")
         if budget is None:
             return Outcome(refused=f"use_dynamic_bsz needs {prefix}.{budget_key}, the tokens per micro-batch")
@@ -107,7 +114,7 @@ def _rollout_name(value: Any, given: dict[str, Any]) -> Outcome:
     rlpost's embedded engine, which serves SGLang's API on the training GPUs."""
     if value not in ("sglang", "vllm", "hf"):
         return Outcome(refused=f"rollout.name must be sglang, vllm or hf, got {value!r}")
-    if value != "hf" and given.get("cluster.placement") == "split":
+    if value != "hf" and (given.get("cluster.placement") == "split" or given.get("rollout.n_gpus_per_node")):
         note = "rlpost runs SGLang servers, not vLLM: rollout.engine=sglang" if value == "vllm" else None
         return Outcome({"rollout.engine": "sglang"}, note=note)
     return Outcome({"rollout.engine": "embedded"}, note=(
@@ -152,6 +159,8 @@ def _warmup_steps(value: Any, given: dict[str, Any], role: str) -> Outcome:
 
 
 def _schedule(value: Any, given: dict[str, Any], role: str) -> Outcome:
+    if value is None:  # verl's warmup_style defaults to null: lr_scheduler_type decides
+        return Outcome(ignored="null: the other spelling decides")
     if value in ("constant", "cosine"):
         return Outcome({f"{role}.optim.lr_schedule": value})
     return Outcome(refused=f"learning-rate schedule {value!r}: rlpost has constant and cosine")
@@ -183,6 +192,7 @@ def _trained_role(verl: str, role: str) -> dict[str, Rule]:
         f"{optim}.lr_scheduler_type": lambda v, g: _schedule(v, g, role),
         f"{optim}.lr_decay_style": lambda v, g: _schedule(v, g, role),
         f"{optim}.total_training_steps": ignore("set by the trainer from the run's step count"),
+        f"{optim}.num_cycles": only(lambda v: v in (None, 0.5), "rlpost's cosine schedule is a half cycle (0.5)"),
         f"{optim}.optimizer": only(lambda v: v in (None, "adam", "AdamW"), "rlpost's optimizer is Adam(W)"),
         f"{optim}.clip_grad_norm": to(f"{role}.optim.clip_grad"),
         f"{optim}.override_optimizer_config": ignore("optimizer offload and precision settings; rlpost's optimizer "
@@ -253,6 +263,7 @@ RULES: dict[str, Rule] = {
     f"{_M}.target_modules": ignore("LoRA is not built"),
     f"{_M}.exclude_modules": ignore("LoRA is not built"),
     f"{_M}.use_fused_kernel": ignore(KERNELS),
+    f"{_M}.tiled_mlp": ignore(KERNELS),
     f"{ARF}.hybrid_engine": only(bool, "verl's hybrid_engine=false is not a mode rlpost has; cluster.placement "
                                        "chooses colocated or split"),
     f"{ARF}.nccl_timeout": ignore("rlpost's collectives use megatron's timeouts"),
@@ -340,6 +351,10 @@ RULES: dict[str, Rule] = {
     f"{_R}.agent.default_agent_loop": ignore("the agent loop is chosen by rollout.multi_turn.enable"),
     f"{_R}.agent.agent_loop_config_path": only(lambda v: v is None, "custom agent loops are not built"),
     f"{_R}.trace": ignore("rollout tracing is not built; samples.jsonl holds every sample"),
+    f"{_R}.logprobs_mode": only(lambda v: v in (None, "processed_logprobs"), "rollout log-probs are of the sampling "
+                                                                            "distribution (after temperature)"),
+    f"{_R}.scheduling_policy": ignore(SERVERS),
+    f"{_R}.multi_turn.num_repeat_rollouts": ignore("not read by verl's tool agent loop either"),
     f"{_R}.mtp": ignore("multi-token prediction is not built"),
     f"{_R}.multi_turn.enable": to("rollout.multi_turn.enable"),
     f"{_R}.multi_turn.max_assistant_turns": to("rollout.multi_turn.max_assistant_turns"),
@@ -373,6 +388,9 @@ RULES: dict[str, Rule] = {
     "critic.enable": ignore("the critic is used when the estimator needs values (gae)"),
     # ---- data -------------------------------------------------------------------------------------------------
     "data.val_max_samples": to("data.val_max_samples", all_is_null),
+    "data.train_max_samples": only(lambda v: v is None or v < 0, "a subset of the training rows is not built; "
+                                                                "cut the file instead"),
+    "data.validation_shuffle": ignore("validation reads its rows in order"),
     "data.gen_batch_size": _same_as("data.train_batch_size", "rlpost's dynamic sampling draws "
                                     "data.train_batch_size prompts per generation round"),
     "data.return_raw_chat": ignore("rlpost always keeps the raw chat (the agent loop renders it)"),
@@ -426,7 +444,8 @@ RULES: dict[str, Rule] = {
     "algorithm.filter_groups.metric": _filter_metric,
     "algorithm.use_pf_ppo": only(_falsy, "PF-PPO is not built"),
     "algorithm.pf_ppo": ignore("PF-PPO is not built"),
-    "algorithm.rollout_correction": only(lambda v: not v, "rollout importance-sampling correction is not built"),
+    "algorithm.rollout_correction": only(lambda v: not v or not (v.get("rollout_is") or v.get("rollout_rs")),
+                                         "rollout importance-sampling correction is not built"),
     "algorithm.rollout_is": only(_falsy, "rollout importance-sampling correction is not built"),
     "algorithm.rollout_is_threshold": only(lambda v: v is None, "rollout importance sampling is not built"),
     # ---- trainer ----------------------------------------------------------------------------------------------
@@ -482,7 +501,10 @@ def translate_key(key: str, value: Any, given: dict[str, Any], rlpost_keys: set[
     for n in range(len(parts), 0, -1):
         rule = RULES.get(".".join(parts[:n]))
         if rule is not None:
-            return rule(value, given)
+            try:
+                return rule(value, given)
+            except (TypeError, ValueError, AttributeError) as e:
+                return Outcome(refused=f"cannot be read ({type(e).__name__}: {e}); check its type")
     if key not in rlpost_keys and any(k.startswith(parts[0] + ".") for k in rlpost_keys):
         hints = sorted({f"'{target}' (verl's {verl_key})" for verl_key, target in renames().items()
                         if verl_key.endswith("." + parts[-1]) and target.startswith(parts[0] + ".")})
@@ -492,6 +514,12 @@ def translate_key(key: str, value: Any, given: dict[str, Any], rlpost_keys: set[
         return Outcome({key: value})  # rlpost's sections check their own keys, naming the closest
     return Outcome(refused=f"is neither an rlpost key nor a verl key rlpost knows"
                            f"{did_you_mean(key, [*RULES, *rlpost_keys])}")
+
+
+def is_verl_key(key: str, rlpost_keys: set[str]) -> bool:
+    """A key only verl has (it is not also an rlpost setting or section): a sign the command line is verl's."""
+    parts = key.split(".")
+    return key not in rlpost_keys and any(".".join(parts[:n]) in RULES for n in range(len(parts), 0, -1))
 
 
 def rlpost_leaves(cls: type, prefix: str = "") -> set[str]:
@@ -511,15 +539,20 @@ def rlpost_leaves(cls: type, prefix: str = "") -> set[str]:
 
 def flatten(tree: dict, known: set[str], prefix: str = "") -> dict[str, Any]:
     """A nested config -> {dotted key: value}, stopping at keys that are settings themselves (their values may be
-    mappings: reward.kwargs, a prefix rule such as ...fsdp_config)."""
+    mappings: reward.kwargs, a prefix rule such as ...fsdp_config) unless a more specific key lies below them
+    (...policy_loss.loss_mode under ...policy_loss)."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and value and path not in known:
+        if isinstance(value, dict) and value and (path not in known or _has_keys_below(path, known)):
             out |= flatten(value, known, path + ".")
         else:
             out[path] = value
     return out
+
+
+def _has_keys_below(path: str, known: set[str]) -> bool:
+    return any(k.startswith(path + ".") for k in known)
 
 
 @dataclass
@@ -562,18 +595,18 @@ def target_is_key(outcome: Outcome, key: str) -> bool:
 
 def _reset(key: str, given: dict[str, Any], known: set[str]) -> Outcome:
     """`~key`: the settings the key would set go back to their defaults."""
-    try:
-        outcome = translate_key(key, _Probe(), given, known)
-    except TypeError:
+    outcome = translate_key(key, _Probe(), given, known)
+    if outcome.refused or any(not isinstance(v, _Probe) for v in outcome.settings.values()):
         return Outcome(refused="cannot be reset with ~ (its value is converted); set it instead")
     return dataclasses.replace(outcome, settings=dict.fromkeys(outcome.settings, DELETE))
 
 
 def is_verl_experiment(body: dict) -> bool:
-    """A YAML in verl's layout: it extends verl's trainer config, or has verl's top-level sections."""
+    """A YAML in verl's layout: it extends verl's trainer config, or has Hydra's settings. (An rlpost recipe may
+    hold verl keys too; they are translated like any other.)"""
     defaults = body.get("defaults") or []
     names = [d for d in defaults if isinstance(d, str)] if isinstance(defaults, list) else []
-    return any(n in VERL_BASES or n == "_self_" for n in names) or bool({ARF, "hydra"} & set(body))
+    return any(n in VERL_BASES or n == "_self_" for n in names) or "hydra" in body
 
 
 def experiment_body(path: Path, body: dict) -> dict:
@@ -602,10 +635,11 @@ def resolve_interpolations(entries: list[tuple[str, str, Any]], defaults: dict) 
 
     from rlpost.config.loader import ConfigError
 
+    base = OmegaConf.create(defaults)
     conf = OmegaConf.create(defaults)
     for _, key, value in entries:
-        if value is not DELETE:
-            OmegaConf.update(conf, key, value, force_add=True)
+        value = OmegaConf.select(base, key, default=None) if value is DELETE else value
+        OmegaConf.update(conf, key, value, force_add=True, merge=False)
     out, problems = [], []
     for source, key, value in entries:
         if _interpolated(value):
