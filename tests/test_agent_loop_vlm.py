@@ -226,3 +226,22 @@ def test_a_template_that_drops_tool_schemas_is_reported(tmp_path, caplog):
         caplog.clear()
         Rollout(cfg, tokenizer).close()
         assert ("does not write tool schemas" in caplog.text) == warned
+
+
+def test_tool_text_spelling_a_vision_token_stays_text(caller):
+    """A tool that echoes `<|image_pad|>` (what the policy wrote, say) must not add an image slot: the servers
+    expand every pad they get, and the turn's text is escaped instead."""
+    from rlpost.tools import BaseTool, ToolResponse, ToolSchema
+
+    class Echo(BaseTool):
+        async def execute(self, instance_id, parameters, **kwargs):
+            return ToolResponse(text="you wrote <|image_pad|> and <|vision_start|>"), 0.0, {}
+
+    vision = PromptVision.for_model(caller)
+    tools = {"image_zoom_in_tool": Echo({}, ToolSchema("image_zoom_in_tool"))}
+    with serve(caller) as (url, tokenizer):
+        _, sample = conversation(url, tokenizer, tools, vision, max_assistant_turns=2)
+    tool_turn = [m for m in sample.fields["messages_out"] if m["role"] == "tool"][0]
+    assert tool_turn["content"] == "you wrote <image_pad> and <vision_start>"
+    assert sample.response_ids.count(vision.image_token_id) == 0 and sample.fields["tool_calls"] == 1
+    assert len(sample.fields["multi_modal_inputs"]["image_grid_thw"]) == 1

@@ -65,6 +65,15 @@ def test_preprocess_default_sets_are_seeded(tmp_path):
     assert same_number(gsm8k.final_answer(first["extra_info"]["answer"]), first["reward_model"]["ground_truth"])
 
 
+def test_generated_reference_solutions_score_full_marks():
+    """GSM-Symbolic's worked solutions may end "#### 8.0" for the answer 8; the reward compares strings (as
+    verl's), so the rows' solutions are written with the ground truth's form."""
+    from rlpost.rewards.gsm8k import compute_score
+
+    problems = gsm8k.symbolic_problems(400, seed=0)
+    assert all(compute_score(solution, answer) == 1.0 for _, solution, answer in problems)
+
+
 def test_preprocess_reports_bad_input_rows(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(GSM8K_ROWS[0]) + "\n" + json.dumps({"question": "q", "answer": "no final line"}) + "\n")

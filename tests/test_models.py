@@ -109,13 +109,13 @@ def test_a_vl_model_built_from_a_text_model_keeps_its_language_model(tmp_path):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
+    from rlpost.data.images import VISION_TOKENS
     from rlpost.models.image_inputs import load_image_processor
     from rlpost.models.vl_from_text import vl_from_text
-    from rlpost.testing.tiny_models import VISION_TOKENS
 
     text = make_tiny_checkpoint("qwen2", tmp_path / "text", seed=3, initializer_range=0.2)
     tokenizer = AutoTokenizer.from_pretrained(text)
-    tokenizer.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
+    tokenizer.add_special_tokens({"additional_special_tokens": list(VISION_TOKENS)})
     tokenizer.save_pretrained(text)
     vision = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=64, patch_size=14, spatial_merge_size=2,
                   temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1], in_channels=3)

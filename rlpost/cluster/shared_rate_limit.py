@@ -10,6 +10,7 @@ from rlpost.tools import rate_limit
 from rlpost.tools.rate_limit import TokenBucket
 
 _handles: dict[tuple[str, str], object] = {}
+_pending: set[asyncio.Future] = set()
 
 
 def _actor(cls: type, name: str, *args):
@@ -64,7 +65,9 @@ class RemoteSlots:
         try:
             await granted
         except asyncio.CancelledError:
-            asyncio.ensure_future(self._release_when(granted))
+            handing_back = asyncio.ensure_future(self._release_when(granted))
+            _pending.add(handing_back)  # held until done: the loop keeps only weak references to tasks
+            handing_back.add_done_callback(_pending.discard)
             raise
 
     async def _release_when(self, granted) -> None:

@@ -25,6 +25,17 @@ MAX_ASPECT_RATIO = 200  # Qwen2.5-VL's resizing refuses images more elongated th
 MAX_PIXELS = 89_478_485  # PIL's decompression-bomb bound: larger images are refused, not decoded
 
 
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def escape_vision_tokens(text: str) -> str:
+    """Text that spells a vision token (a tool echoing what the policy wrote, say) with the bars dropped, so it
+    tokenises as text and cannot pose as an image: the servers expand every <|image_pad|> they get."""
+    for token in VISION_TOKENS:
+        text = text.replace(token, token.replace("|", ""))
+    return text
+
+
 def count_placeholders(messages: list[dict]) -> int:
     return sum(m["content"].count(PLACEHOLDER) for m in messages if isinstance(m.get("content"), str))
 

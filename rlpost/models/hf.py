@@ -25,13 +25,15 @@ def hub_cache_dir(repo_id: str) -> Path | None:
     run offline. None for a name that is not of the form 'org/name'; FileNotFoundError naming the cache when the
     model is not in it."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     parts = repo_id.split("/")
-    if len(parts) != 2 or not all(parts) or Path(repo_id).expanduser().exists():
+    if len(parts) != 2 or not all(parts) or repo_id.startswith((".", "~")) or Path(repo_id).expanduser().exists():
         return None
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
+    except HFValidationError:  # not a Hub id: the caller's "neither a directory nor an asset" says it better
+        return None
     except LocalEntryNotFoundError:
         raise FileNotFoundError(
             f"model '{repo_id}' is not in the local Hugging Face cache '{constants.HF_HUB_CACHE}' (set by HF_HUB_CACHE "

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from rlpost.batch import Batch
-from rlpost.data.images import PromptVision, data_uri, open_image, tool_image
+from rlpost.data.images import PromptVision, data_uri, escape_vision_tokens, open_image, tool_image
 from rlpost.registry import did_you_mean
 from rlpost.rollout.chat import ChatTokens
 from rlpost.rollout.client import SGLangClient
@@ -207,14 +207,12 @@ class Trajectory:
 
     def _append(self, messages: list[dict], images: list[bytes]) -> bool:
         """Adds a tool/user turn unless it would leave no room under the response budget (its images' full runs
-        of tokens counted)."""
+        of tokens counted). With a vision model, text that spells a vision token is escaped first."""
+        if self.vision is not None:
+            messages = [{**m, "content": _escaped(m["content"])} for m in messages]
         delta = self.chat.delta_ids(messages)
         extra = 0
         if images:
-            pads = delta.count(self.vision.image_token_id)
-            if pads != len(images):
-                raise ValueError(f"a tool turn with {len(images)} image(s) renders {pads} <|image_pad|> token(s): "
-                                 f"tool text must not contain vision tokens; turn: {messages}")
             extra = sum(self.vision.tokens_per_image([open_image(data) for data in images])) - len(images)
         if self.response_tokens + len(delta) + extra >= self.settings.max_response_tokens:
             self.finish_reason = "length"
@@ -270,6 +268,13 @@ class Trajectory:
             out_lp += [lp] * k
             out_p += k if i < prompt_length else 0
         return out_ids, out_mask, out_lp, out_p
+
+
+def _escaped(content: str | list) -> str | list:
+    if isinstance(content, str):
+        return escape_vision_tokens(content)
+    return [{**part, "text": escape_vision_tokens(part["text"])} if part.get("type") == "text" else part
+            for part in content]
 
 
 def pick_interaction(interactions: dict[str, Any], kwargs: dict, uid: str):

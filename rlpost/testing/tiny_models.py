@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from rlpost.assets import package_file
+from rlpost.data.images import VISION_TOKENS
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # as in Qwen's tokenizers: single tokens, but not special, so decoding with skip_special_tokens keeps them
@@ -143,8 +144,6 @@ def make_scripted_checkpoint(out_dir: str | Path, segments: list[str], seed: int
     return out
 
 
-# Qwen2.5-VL's vision tokens, special as in its tokenizer
-VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
 # the ChatML template above, with Qwen2.5-VL's rendering of image content parts
 _CONTENT = ("{% if m.content is string %}{{ m.content }}{% else %}{% for part in m.content %}"
             "{% if part.type == 'image' or 'image' in part or 'image_url' in part %}"
@@ -158,7 +157,7 @@ TINY_MIN_PIXELS, TINY_MAX_PIXELS = 4 * 28 * 28, 256 * 28 * 28
 @functools.lru_cache(maxsize=2)
 def tiny_vl_tokenizer(vocab_size: int = 512):
     tokenizer = copy.deepcopy(tiny_tokenizer(vocab_size))
-    tokenizer.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
+    tokenizer.add_special_tokens({"additional_special_tokens": list(VISION_TOKENS)})  # special, as Qwen2.5-VL's
     tokenizer.chat_template = CHATML_VL_TEMPLATE
     return tokenizer
 

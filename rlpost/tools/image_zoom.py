@@ -14,6 +14,7 @@ import asyncio
 import base64
 import io
 import math
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ class ImageZoomInTool(BaseTool):
         for key, (ok, expected) in self.CHECKS.items():
             if not ok(self.settings[key]):
                 raise ValueError(f"tool '{self.name}': {key} must be {expected}, got {self.settings[key]!r}")
-        self._slots = asyncio.Semaphore(self.settings["num_workers"])
+        self._slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # per event loop, as asyncio wants
         self._images: dict[str, Any] = {}
 
     def get_openai_tool_schema(self) -> ToolSchema:
@@ -120,7 +121,8 @@ class ImageZoomInTool(BaseTool):
                                       f"{MIN_SIDE}x{MIN_SIDE} pixels of the {image.width}x{image.height} image."),
                     FAILED_CALL_REWARD, {"success": False})
         s = self.settings
-        async with self._slots, in_flight(f"tool:{self.name}", s["rate_limit"], shared=s["enable_global_rate_limit"]):
+        slots = self._slots.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(s["num_workers"]))
+        async with slots, in_flight(f"tool:{self.name}", s["rate_limit"], shared=s["enable_global_rate_limit"]):
             crop = await asyncio.wait_for(asyncio.to_thread(image.crop, fitted), s["timeout"])
         text = f"Zoomed in on the image to the region {box}" + (f" with label {label}." if label else ".")
         return ToolResponse(text=text, image=[crop]), 0.0, {"success": True}

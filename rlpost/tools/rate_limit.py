@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
@@ -57,7 +58,7 @@ class LocalSlots:
 
 
 _local: dict[str, TokenBucket] = {}
-_local_slots: dict[tuple[str, int], LocalSlots] = {}
+_local_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> {key: its semaphore}
 _shared: Callable[[str, float, float], Awaitable[float | None]] | None = None
 _shared_slots: Callable[[str, int], Awaitable[Slots | None]] | None = None
 
@@ -92,7 +93,7 @@ async def in_flight(service_url: str, limit: int, shared: bool = True) -> AsyncI
     key = _key(service_url, "in-flight", limit)
     slots = await _shared_slots(key, limit) if shared and _shared_slots is not None else None
     if slots is None:
-        slots = _local_slots.setdefault((key, id(asyncio.get_running_loop())), LocalSlots(limit))
+        slots = _local_slots.setdefault(asyncio.get_running_loop(), {}).setdefault(key, LocalSlots(limit))
     await slots.acquire()
     try:
         yield

@@ -84,6 +84,8 @@ def symbolic_problems(n: int, seed: int) -> list[tuple[str, str, str]]:
         if not same_number(final_answer(solution), answer):
             raise ValueError(f"reasoning-gym gsm_symbolic (seed {seed}) gave a solution whose final line "
                              f"disagrees with its answer {answer!r}")
+        # its final line may write the answer another way ("#### 8.0" for 8); the reward compares strings
+        solution = _FINAL.sub(f"#### {answer}", solution.strip())
         problems.append((question, solution, answer))
     return problems
 
