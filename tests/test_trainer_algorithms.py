@@ -48,7 +48,8 @@ def test_ppo_with_critic_and_kl_in_reward_and_loss(tiny):
 
 def test_remax_with_dapo_options_and_validation(tiny):
     metrics = train(tiny, "remax", ["algorithm.adv_estimator=remax", "actor.clip_ratio_high=0.28",
-                                    "algorithm.filter_groups.enable=true", "reward.overlong_buffer.enable=true",
+                                    "algorithm.filter_groups.enable=true", "data.gen_batch_size=8",
+                                    "reward.overlong_buffer.enable=true",
                                     "reward.overlong_buffer.len=8", "trainer.val_before_train=true",
                                     "trainer.val_every=1", "actor.ppo_mini_batch_size=4"])
     assert sorted(metrics) == [0, 1, 2]

@@ -29,6 +29,7 @@ class DataConfig:
     max_prompt_length: int = rule(**POSITIVE)
     max_response_length: int = rule(**POSITIVE)
     train_batch_size: int = rule(**POSITIVE)
+    gen_batch_size: int | None = rule(**POSITIVE)
     val_batch_size: int | None = rule(**POSITIVE)
     val_max_samples: int | None = rule(**POSITIVE)
     shuffle: bool

@@ -116,6 +116,11 @@ def cross_check(cfg: RLConfig, check_files: bool = True) -> list[str]:
             dp = devices // (c.tp * c.pp)
             problems += _batches(cfg, "critic", c.ppo_mini_batch_size, c.micro_batch_size,
                                  c.max_tokens_per_micro_batch, dp)
+    gen = cfg.data.gen_batch_size
+    if gen is not None and gen != cfg.data.train_batch_size and not cfg.algorithm.filter_groups.enable:
+        problems.append(f"data.gen_batch_size = {gen} differs from data.train_batch_size = "
+                        f"{cfg.data.train_batch_size}, which only dynamic sampling (algorithm.filter_groups.enable) "
+                        f"reconciles: it keeps train_batch_size prompts out of its generation rounds")
     ob = cfg.reward.overlong_buffer
     if ob.enable and ob.len >= cfg.data.max_response_length:
         problems.append(f"reward.overlong_buffer.len = {ob.len} must be below data.max_response_length = "

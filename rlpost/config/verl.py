@@ -391,8 +391,7 @@ RULES: dict[str, Rule] = {
     "data.train_max_samples": only(lambda v: v is None or v < 0, "a subset of the training rows is not built; "
                                                                 "cut the file instead"),
     "data.validation_shuffle": ignore("validation reads its rows in order"),
-    "data.gen_batch_size": _same_as("data.train_batch_size", "rlpost's dynamic sampling draws "
-                                    "data.train_batch_size prompts per generation round"),
+    "data.gen_batch_size": to("data.gen_batch_size"),
     "data.return_raw_chat": ignore("rlpost always keeps the raw chat (the agent loop renders it)"),
     "data.return_raw_input_ids": ignore("the prompt's ids travel with every sample"),
     "data.return_full_prompt": ignore("the rendered prompt travels with every sample"),

@@ -48,7 +48,7 @@ class PPOTrainer:
         self.val_data = RLDataset.from_config(d.val_files, tokenizer, d, schemas, self.vision) if d.val_files else None
         for data in filter(None, (self.train_data, self.val_data)):
             data.check_agent_loop(cfg.rollout.multi_turn.enable)
-        self.sampler = BatchSampler(len(self.train_data), d.train_batch_size, d.shuffle, d.seed)
+        self.sampler = BatchSampler(len(self.train_data), d.gen_batch_size or d.train_batch_size, d.shuffle, d.seed)
         self.prompts = PromptBatches(self.train_data, self.sampler, tokenizer.pad_token_id)
         self.total_steps = total_steps(self.sampler.steps_per_epoch, cfg.trainer.total_epochs,
                                        cfg.trainer.total_training_steps)
