@@ -41,7 +41,7 @@ def test_grpo_on_image_prompts_trains_and_syncs_the_vision_tower(tmp_path):
     finally:
         trainer.close()
     path = tmp_path / "runs" / "rlpost" / "vlm" / "metrics.jsonl"
-    metrics = {m["step"]: m for m in map(json.loads, Path(path).read_text().splitlines())}
+    metrics = metrics_of(path)
     assert sorted(metrics) == [1, 2]
     for m in metrics.values():
         assert m["actor/grad_norm"] > 0 and m["response_length/mean"] > 0

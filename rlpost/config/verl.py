@@ -13,6 +13,7 @@ defaults under their verl names.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -497,13 +498,12 @@ def translate_key(key: str, value: Any, given: dict[str, Any], rlpost_keys: set[
     """One key (verl's or rlpost's) -> what rlpost does with it. A key under a prefix rule (e.g. everything in
     `...fsdp_config`) follows that rule; `given` holds every key's value (rlpost's defaults under the keys given)."""
     parts = key.split(".")
-    for n in range(len(parts), 0, -1):
-        rule = RULES.get(".".join(parts[:n]))
-        if rule is not None:
-            try:
-                return rule(value, given)
-            except (TypeError, ValueError, AttributeError) as e:
-                return Outcome(refused=f"cannot be read ({type(e).__name__}: {e}); check its type")
+    rule = rule_for(key)
+    if rule is not None:
+        try:
+            return rule(value, given)
+        except (TypeError, ValueError, AttributeError) as e:
+            return Outcome(refused=f"cannot be read ({type(e).__name__}: {e}); check its type")
     if key not in rlpost_keys and any(k.startswith(parts[0] + ".") for k in rlpost_keys):
         hints = sorted({f"'{target}' (verl's {verl_key})" for verl_key, target in renames().items()
                         if verl_key.endswith("." + parts[-1]) and target.startswith(parts[0] + ".")})
@@ -517,8 +517,13 @@ def translate_key(key: str, value: Any, given: dict[str, Any], rlpost_keys: set[
 
 def is_verl_key(key: str, rlpost_keys: set[str]) -> bool:
     """A key only verl has (it is not also an rlpost setting or section): a sign the command line is verl's."""
+    return key not in rlpost_keys and rule_for(key) is not None
+
+
+def rule_for(key: str) -> Rule | None:
+    """The rule of the key or of its closest enclosing prefix (everything in `...fsdp_config` follows that one)."""
     parts = key.split(".")
-    return key not in rlpost_keys and any(".".join(parts[:n]) in RULES for n in range(len(parts), 0, -1))
+    return next((RULES[p] for p in (".".join(parts[:n]) for n in range(len(parts), 0, -1)) if p in RULES), None)
 
 
 def rlpost_leaves(cls: type, prefix: str = "") -> set[str]:
@@ -687,6 +692,7 @@ def verl_names(rlpost_defaults: dict[str, Any]) -> dict:
     return tree
 
 
+@functools.cache
 def renames() -> dict[str, str]:
     """{verl key: rlpost key} for the rules that only rename (probed with a value that a conversion would reject)."""
     out = {}

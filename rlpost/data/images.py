@@ -106,26 +106,36 @@ def decode(data: bytes, source: str, row: int, field: str):
         raise RowError(source, row, field, str(e)) from None
 
 
-def tool_image(image: Any, tool: str, index: int) -> bytes:
-    """An image a tool returned (ToolResponse.image: a PIL image, encoded bytes, {bytes} or {path}, or a path) ->
-    its encoded bytes, checked as a row's image is."""
-    what = f"tool '{tool}' returned image {index}"
+def encoded_image(image: Any) -> bytes:
+    """An image as tools hand them over (a PIL image, encoded bytes, {bytes} or {path}, a path, a file:// or data
+    URI) -> its encoded bytes; a ValueError says, after "as", what it got instead."""
     if isinstance(image, dict):
         image = image.get("bytes") if image.get("bytes") is not None else image.get("path")
     if hasattr(image, "save"):  # a PIL image
         out = io.BytesIO()
         image.save(out, format="PNG")
-        data = out.getvalue()
-    elif isinstance(image, bytes):
-        data = image
-    elif isinstance(image, str | Path):
+        return out.getvalue()
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, str) and image.startswith("data:"):
+        return base64.b64decode(image.partition(",")[2])
+    if isinstance(image, str | Path):
+        path = Path(str(image).removeprefix("file://"))
         try:
-            data = Path(image).read_bytes()
+            return path.read_bytes()
         except OSError as e:
-            raise ValueError(f"{what} as the file '{image}', which cannot be read: {e}") from None
-    else:
-        raise ValueError(f"{what} as {type(image).__name__}; expected a PIL image, encoded bytes, {{'bytes': ...}}, "
-                         f"{{'path': ...}} or a file path")
+            raise ValueError(f"as the file '{image}', which cannot be read: {e}") from None
+    raise ValueError(f"as {type(image).__name__}; expected a PIL image, encoded bytes, {{'bytes': ...}}, "
+                     f"{{'path': ...}}, a file path or a data URI")
+
+
+def tool_image(image: Any, tool: str, index: int) -> bytes:
+    """An image a tool returned (ToolResponse.image) -> its encoded bytes, checked as a row's image is."""
+    what = f"tool '{tool}' returned image {index}"
+    try:
+        data = encoded_image(image)
+    except ValueError as e:
+        raise ValueError(f"{what} {e}") from None
     try:
         open_image(data)
     except ValueError as e:

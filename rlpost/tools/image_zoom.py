@@ -11,13 +11,11 @@ within `timeout` seconds.
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import math
 import weakref
-from pathlib import Path
 from typing import Any
 
+from rlpost.data.images import encoded_image, open_image
 from rlpost.tools.base import BaseTool, ToolResponse, tool_config
 from rlpost.tools.http import is_int, is_number
 from rlpost.tools.rate_limit import in_flight
@@ -27,26 +25,6 @@ MIN_SIDE = 28  # one merged 2x2 patch of 14-pixel patches: the smallest crop Qwe
 MAX_ASPECT_RATIO = 100
 FAILED_CALL_REWARD = -0.05  # verl's: an invalid box costs a little, so the policy learns to name real regions
 DEFAULTS = {"num_workers": 20, "rate_limit": 50, "enable_global_rate_limit": True, "timeout": 30}
-
-
-def load_image(image: Any):
-    """A PIL image from what a row's create_kwargs may hold."""
-    from PIL import Image
-
-    if hasattr(image, "crop"):
-        return image.convert("RGB")
-    if isinstance(image, dict):
-        image = image.get("bytes") if image.get("bytes") is not None else image.get("path")
-    if isinstance(image, str) and image.startswith("data:"):
-        image = base64.b64decode(image.split(",", 1)[1])
-    elif isinstance(image, str) and image.startswith("file://"):
-        image = image[len("file://"):]
-    if isinstance(image, str | Path):
-        image = Path(image).read_bytes()
-    if not isinstance(image, bytes):
-        raise ValueError(f"expected a PIL image, a path, a data URI or {{'bytes': ...}}, got {type(image).__name__}")
-    with Image.open(io.BytesIO(image)) as opened:
-        return opened.convert("RGB")
 
 
 def _valid(left: float, top: float, right: float, bottom: float) -> bool:
@@ -104,8 +82,8 @@ class ImageZoomInTool(BaseTool):
             raise ValueError(f"tool '{self.name}' needs the image to zoom into: set the row's "
                              f"extra_info.tools_kwargs.{self.name}.create_kwargs.image")
         try:
-            self._images[instance_id] = load_image(image)
-        except (OSError, ValueError) as e:
+            self._images[instance_id] = open_image(encoded_image(image))
+        except ValueError as e:
             raise ValueError(f"tool '{self.name}': create_kwargs.image is not a readable image: {e}") from None
         return instance_id, response
 
